@@ -1,0 +1,551 @@
+// MultiStateCache<Policy>: a transformer's KV cache as the bounded multi-state of an RNN.
+#pragma once
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "msrnn/attention.hpp"
+#include "msrnn/detail/check.hpp"
+#include "msrnn/detail/select_victim.hpp"
+#include "msrnn/policy.hpp"
+#include "msrnn/rope.hpp"
+#include "msrnn/types.hpp"
+
+namespace msrnn {
+
+/// Shape and options of a cache. Checked by the MultiStateCache constructor.
+struct CacheConfig {
+  Index n_layers = 1;
+  Index n_q_heads = 1;   // query heads; a multiple of n_kv_heads (grouped-query attention)
+  Index n_kv_heads = 1;  // key/value heads: the cache stores keys and values at this size
+  Index head_dim = 0;
+  /// C, the multi-state size: states kept per layer and KV head. Required for every policy but
+  /// Full; for Full it is only the number of slots reserved up front.
+  Index capacity = kUnbounded;
+  /// When set, the cache encodes positions of q and k itself (see `positions`); when empty, the
+  /// host has done so and keys are stored as given.
+  std::optional<Rope> rope;
+  /// How positions are encoded when `rope` is set; in_cache needs a rope.
+  PositionMode positions = PositionMode::absolute;
+  /// Factor on q.k before the softmax; empty means 1 / sqrt(head_dim).
+  std::optional<float> scale;
+  /// Most tokens `step_chunk` puts through one matrix product (bounds its scratch memory).
+  Index max_chunk = 256;
+};
+
+/// The KV cache of a decoder-only transformer as the multi-state of a bounded RNN
+/// (Oren et al., "Transformers are Multi-State RNNs", 2024).
+///
+/// Per layer and KV head it keeps at most C key/value rows (the capacity). One call of `step`
+/// is one recurrence of one layer: insert the new token's key and value, attend with the new
+/// query heads over the kept states plus the new one, let the policy score them, and if more
+/// than C are held, evict the one the policy chooses. Its slot becomes the free slot the next
+/// token overwrites: no rows move and nothing is allocated per step (except by Full, which grows).
+///
+///   msrnn::CacheConfig config;
+///   config.n_layers = 6; config.n_q_heads = 8; config.n_kv_heads = 4; config.head_dim = 64;
+///   config.capacity = 256;
+///   config.rope = msrnn::Rope(64);
+///   msrnn::MultiStateCache<msrnn::TOVA> cache(config);
+///   cache.step(layer, q, k, v, out);  // q (8, 64), k v (4, 64), out (8, 64)
+///
+/// `Policy` is one of the policies (see `Window` for their interface) or `AnyPolicy`, chosen at
+/// run time; the cache dispatches on it once per call, never per slot. Thread safety: distinct
+/// caches may be used from distinct threads; one cache, by one thread at a time.
+template <class Policy = AnyPolicy>
+class MultiStateCache {
+  static_assert(std::is_same_v<Policy, AnyPolicy> || is_policy_v<Policy>,
+                "Policy must be AnyPolicy or have the members documented on msrnn::Window");
+
+ public:
+  /// Checks the configuration and allocates all storage. Throws std::invalid_argument naming the
+  /// parameter and its value: capacity 0, sinks >= capacity, recent >= capacity, n_q_heads not a
+  /// multiple of n_kv_heads, a rope whose head_dim differs, in_cache positions without a rope...
+  explicit MultiStateCache(const CacheConfig& config, Policy policy = Policy{})
+      : config_(config), policy_(std::move(policy)) {
+    using detail::require;
+    require(config.n_layers >= 1, "n_layers", config.n_layers, "must be at least 1");
+    require(config.n_q_heads >= 1, "n_q_heads", config.n_q_heads, "must be at least 1");
+    require(config.n_kv_heads >= 1, "n_kv_heads", config.n_kv_heads, "must be at least 1");
+    require(config.n_q_heads % config.n_kv_heads == 0, "n_q_heads", config.n_q_heads,
+            "must be a multiple of n_kv_heads (" + std::to_string(config.n_kv_heads) + ")");
+    require(config.head_dim >= 1, "head_dim", config.head_dim, "must be at least 1");
+    require(config.capacity >= 1, "capacity", config.capacity, "must be at least 1");
+    require(config.max_chunk >= 1, "max_chunk", config.max_chunk, "must be at least 1");
+    if (config.rope) {
+      require(config.rope->head_dim() == config.head_dim, "rope.head_dim", config.rope->head_dim(),
+              "must equal head_dim (" + std::to_string(config.head_dim) + ")");
+    }
+    require(config.rope.has_value() || config.positions == PositionMode::absolute, "positions",
+            to_string(config.positions), "needs a rope (set CacheConfig::rope)");
+    const float default_scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
+    scale_ = config.scale.value_or(default_scale);
+    require(std::isfinite(scale_) && scale_ > 0.0f, "scale", scale_,
+            "must be a finite positive number");
+
+    dispatch([this](auto& p) {
+      using P = std::decay_t<decltype(p)>;
+      evicts_ = P::kEvicts;
+      if constexpr (P::kEvicts) {
+        detail::require(config_.capacity != kUnbounded, "capacity", "unbounded",
+                        std::string("policy ") + P::kName + " needs a finite capacity");
+        p.prepare(config_.capacity);
+      } else {
+        p.prepare(kUnbounded);
+      }
+    });
+    capacity_ = evicts_ ? config.capacity : kUnbounded;
+    // A bounded cache holds C + 1 states between insert and evict; Full starts with a reservation.
+    const Index slots = evicts_                         ? config.capacity + 1
+                        : config.capacity == kUnbounded ? kDefaultFullReservation
+                                                        : config.capacity;
+    const double bytes = 2.0 * static_cast<double>(config.n_layers) *
+                         static_cast<double>(config.n_kv_heads) * static_cast<double>(slots) *
+                         static_cast<double>(config.head_dim) * sizeof(float);
+    require(bytes < 0x1p62, "capacity", config.capacity,
+            "the key/value storage would need more than 2^62 bytes");
+
+    group_ = config.n_q_heads / config.n_kv_heads;
+    layers_.resize(static_cast<std::size_t>(config.n_layers));
+    keys_.resize(static_cast<std::size_t>(config.n_layers * config.n_kv_heads));
+    values_.resize(keys_.size());
+    q_.resize(config.n_q_heads, config.head_dim);
+    if (config.rope) {
+      cos_.resize(static_cast<std::size_t>(config.head_dim / 2));
+      sin_.resize(cos_.size());
+    }
+    resize_slots(slots);
+    reset();
+  }
+
+  MultiStateCache(MultiStateCache&&) = default;
+  MultiStateCache& operator=(MultiStateCache&&) = default;
+  MultiStateCache& operator=(const MultiStateCache&) = delete;
+  ~MultiStateCache() = default;
+
+  /// A deep copy (for beam search, forking a prefix...). Costs the whole state: explicit on
+  /// purpose.
+  MultiStateCache copy() const { return MultiStateCache(*this); }
+
+  /// One decode step of `layer`: the new token's
+  ///   q   (n_q_heads, head_dim)   query heads, without positions when the cache owns a rope
+  ///   k   (n_kv_heads, head_dim)
+  ///   v   (n_kv_heads, head_dim)
+  ///   out (n_q_heads, head_dim)   written: the attention output of every query head
+  /// Throws std::invalid_argument when a shape or the layer is wrong; otherwise never throws, and
+  /// never allocates unless the policy is Full and its storage must grow.
+  void step(Index layer, const Eigen::Ref<const RowMatrix>& q, const Eigen::Ref<const RowMatrix>& k,
+            const Eigen::Ref<const RowMatrix>& v, Eigen::Ref<RowMatrix> out) {
+    check_layer(layer);
+    check_shape("q", q.rows(), q.cols(), config_.n_q_heads, config_.head_dim);
+    check_shape("k", k.rows(), k.cols(), config_.n_kv_heads, config_.head_dim);
+    check_shape("v", v.rows(), v.cols(), config_.n_kv_heads, config_.head_dim);
+    check_shape("out", out.rows(), out.cols(), config_.n_q_heads, config_.head_dim);
+    dispatch([&](auto& p) { step_one(p, layer, q, k, v, out); });
+  }
+
+  /// Feeds t tokens of `layer` at once (a prompt): the same outputs and kept states, to float
+  /// tolerance, as t calls of `step`. One token per row:
+  ///   q   (t, n_q_heads * head_dim)
+  ///   k   (t, n_kv_heads * head_dim)
+  ///   v   (t, n_kv_heads * head_dim)
+  ///   out (t, n_q_heads * head_dim)  written
+  /// While the tokens fit in the free capacity they go through matrix-matrix products (at most
+  /// max_chunk at a time); once the cache is full, each token needs its own eviction, so the rest
+  /// goes token by token. Allocates scratch the first time it sees a larger chunk.
+  void step_chunk(Index layer, const Eigen::Ref<const RowMatrix>& q,
+                  const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
+                  Eigen::Ref<RowMatrix> out) {
+    check_layer(layer);
+    const Index t = q.rows();
+    check_shape("q", q.rows(), q.cols(), t, config_.n_q_heads * config_.head_dim);
+    check_shape("k", k.rows(), k.cols(), t, config_.n_kv_heads * config_.head_dim);
+    check_shape("v", v.rows(), v.cols(), t, config_.n_kv_heads * config_.head_dim);
+    check_shape("out", out.rows(), out.cols(), t, config_.n_q_heads * config_.head_dim);
+    dispatch([&](auto& p) { chunk(p, layer, q, k, v, out); });
+  }
+
+  /// Forgets every state of every layer (a new sequence); keeps the storage.
+  void reset() noexcept {
+    for (LayerState& layer : layers_) {
+      layer.held = 0;
+      layer.seen = 0;
+      std::fill(layer.free_slot.begin(), layer.free_slot.end(), Index{0});
+      layer.position.setConstant(kEmpty);
+      layer.rank.setZero();
+      layer.score.setZero();
+    }
+  }
+
+  // ---- introspection ----------------------------------------------------------------------
+
+  const CacheConfig& config() const noexcept { return config_; }
+  const Policy& policy() const noexcept { return policy_; }
+  /// C; kUnbounded for Full.
+  Index capacity() const noexcept { return capacity_; }
+  /// Slots allocated per layer and KV head: C + 1 for a bounded policy.
+  Index slots() const noexcept { return slots_; }
+  /// States held by `layer` now (the same in every KV head).
+  Index size(Index layer) const {
+    check_layer(layer);
+    return layers_[static_cast<std::size_t>(layer)].held;
+  }
+  /// Tokens `layer` has seen: the position the next token will get.
+  Index tokens_seen(Index layer) const {
+    check_layer(layer);
+    return layers_[static_cast<std::size_t>(layer)].seen;
+  }
+  /// Original positions of the states `layer` keeps in `kv_head`, ascending.
+  std::vector<Index> kept_positions(Index layer, Index kv_head) const {
+    check_layer(layer);
+    detail::require(kv_head >= 0 && kv_head < config_.n_kv_heads, "kv_head", kv_head,
+                    "must be in [0, " + std::to_string(config_.n_kv_heads) + ")");
+    const LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    std::vector<Index> kept;
+    for (Index slot = 0; slot < slots_; ++slot) {
+      if (state.position(kv_head, slot) != kEmpty) kept.push_back(state.position(kv_head, slot));
+    }
+    std::sort(kept.begin(), kept.end());
+    return kept;
+  }
+  /// Bytes of key and value storage: n_layers * n_kv_heads * slots * head_dim * 2 * 4.
+  std::size_t state_bytes() const noexcept {
+    return static_cast<std::size_t>(config_.n_layers * config_.n_kv_heads * slots_ *
+                                    config_.head_dim) *
+           2 * sizeof(float);
+  }
+
+ private:
+  using PositionMatrix = Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  static constexpr Index kEmpty = -1;
+  static constexpr Index kDefaultFullReservation = 256;
+
+  // Bookkeeping of one layer, beside its tensors. Invariant between steps: the held states fill
+  // slots [0, held] except free_slot[g] in each KV head; right after an insert they fill [0, held).
+  struct LayerState {
+    Index held = 0;                // states kept (the same count in every KV head)
+    Index seen = 0;                // tokens seen: the next token's position
+    std::vector<Index> free_slot;  // (n_kv_heads) where each KV head's next token goes
+    PositionMatrix position;       // (n_kv_heads, slots) original position, kEmpty if none
+    PositionMatrix rank;           // (n_kv_heads, slots) rank among the kept (in_cache only)
+    RowMatrix score;               // (n_kv_heads, slots) the policy's score of each slot
+  };
+
+  MultiStateCache(const MultiStateCache&) = default;
+
+  template <class F>
+  void dispatch(F&& f) {
+    if constexpr (std::is_same_v<Policy, AnyPolicy>) {
+      std::visit(std::forward<F>(f), policy_);
+    } else {
+      f(policy_);
+    }
+  }
+
+  // Builds its message only on failure: the per-token path must not allocate.
+  void check_layer(Index layer) const {
+    if (layer < 0 || layer >= config_.n_layers) {
+      detail::throw_invalid("layer", layer,
+                            "must be in [0, " + std::to_string(config_.n_layers) + ")");
+    }
+  }
+  static void check_shape(const char* name, Index rows, Index cols, Index want_rows,
+                          Index want_cols) {
+    if (rows != want_rows || cols != want_cols) {
+      detail::throw_invalid(name, detail::shape_string(rows, cols),
+                            "expected shape " + detail::shape_string(want_rows, want_cols));
+    }
+  }
+
+  static const float* row_data(const Eigen::Ref<const RowMatrix>& m, Index row) noexcept {
+    return m.data() + row * m.outerStride();
+  }
+
+  bool rotates_absolute() const noexcept {
+    return config_.rope && config_.positions == PositionMode::absolute;
+  }
+  bool rotates_in_cache() const noexcept {
+    return config_.rope && config_.positions == PositionMode::in_cache;
+  }
+  std::size_t head_index(Index layer, Index kv_head) const noexcept {
+    return static_cast<std::size_t>(layer * config_.n_kv_heads + kv_head);
+  }
+
+  // Sets the number of slots per layer and KV head, keeping what is stored (Full's growth).
+  void resize_slots(Index slots) {
+    const Index d = config_.head_dim;
+    const Index n_kv = config_.n_kv_heads;
+    for (std::size_t i = 0; i < keys_.size(); ++i) {
+      keys_[i].conservativeResize(slots, d);
+      values_[i].conservativeResize(slots, d);
+    }
+    for (LayerState& layer : layers_) {
+      layer.free_slot.resize(static_cast<std::size_t>(n_kv), 0);
+      const Index old = layer.position.cols();
+      layer.position.conservativeResize(n_kv, slots);
+      layer.rank.conservativeResize(n_kv, slots);
+      layer.score.conservativeResize(n_kv, slots);
+      layer.position.rightCols(slots - old).setConstant(kEmpty);
+      layer.rank.rightCols(slots - old).setZero();
+      layer.score.rightCols(slots - old).setZero();
+    }
+    probs_.resize(group_, padded(slots));
+    layer_score_.resize(slots);
+    if (chunk_probs_.size() > 0) chunk_probs_.resize(chunk_probs_.rows(), padded(slots));
+    if (rotates_in_cache()) {
+      keys_rotated_.resize(slots, d);
+      const Index old = rank_cos_.rows();
+      rank_cos_.conservativeResize(slots, d / 2);
+      rank_sin_.conservativeResize(slots, d / 2);
+      for (Index r = old; r < slots; ++r)
+        config_.rope->angles(r, &rank_cos_(r, 0), &rank_sin_(r, 0));
+    }
+    slots_ = slots;
+  }
+
+  // Row length of probability scratch: a multiple of 16 floats, so that every row starts as
+  // aligned as the first. Eigen's vectorized exp and sum treat an unaligned head differently, and
+  // a bounded policy must give bit for bit the outputs of Full, whatever their slot counts.
+  static Index padded(Index slots) noexcept { return (slots + 15) / 16 * 16; }
+
+  // Full only: makes room for `needed` states, doubling the storage.
+  void reserve(Index needed) {
+    if (needed > slots_) resize_slots(std::max(needed, 2 * slots_));
+  }
+
+  // Writes one token's key and value (rows of n_kv_heads * head_dim) into `slot` of KV head g.
+  // In absolute mode the key is rotated with the angles in cos_/sin_.
+  void insert(LayerState& state, Index layer, Index g, Index slot, Index position, Index rank,
+              const float* k, const float* v) noexcept {
+    const Index d = config_.head_dim;
+    RowMatrix& keys = keys_[head_index(layer, g)];
+    keys.row(slot) = Eigen::Map<const RowVector>(k, d);
+    if (rotates_absolute()) config_.rope->rotate(&keys(slot, 0), cos_.data(), sin_.data());
+    values_[head_index(layer, g)].row(slot) = Eigen::Map<const RowVector>(v, d);
+    state.position(g, slot) = position;
+    state.rank(g, slot) = rank;
+    state.score(g, slot) = 0.0f;
+  }
+
+  // Encodes the position of one query head (head_dim floats) in place: at `position` in absolute
+  // mode (angles already in cos_/sin_), at `rank` in in_cache mode.
+  void encode_query(float* q, Index rank) const noexcept {
+    if (rotates_absolute()) {
+      config_.rope->rotate(q, cos_.data(), sin_.data());
+    } else if (rotates_in_cache()) {
+      config_.rope->rotate(q, &rank_cos_(rank, 0), &rank_sin_(rank, 0));
+    }
+  }
+
+  // The keys KV head g attends over: the stored rows [0, live), or in in_cache mode those rows
+  // rotated at their rank among the kept states.
+  const RowMatrix& attended_keys(const LayerState& state, Index layer, Index g, Index live) {
+    const RowMatrix& stored = keys_[head_index(layer, g)];
+    if (!rotates_in_cache()) return stored;
+    for (Index slot = 0; slot < live; ++slot) {
+      const Index rank = state.rank(g, slot);
+      keys_rotated_.row(slot) = stored.row(slot);
+      config_.rope->rotate(&keys_rotated_(slot, 0), &rank_cos_(rank, 0), &rank_sin_(rank, 0));
+    }
+    return keys_rotated_;
+  }
+
+  template <class P>
+  void step_one(P& policy, Index layer, const Eigen::Ref<const RowMatrix>& q,
+                const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
+                Eigen::Ref<RowMatrix> out) {
+    LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    if constexpr (!P::kEvicts) reserve(state.held + 1);
+    const Index position = state.seen;
+    if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
+
+    // 1. insert into the free slot of every KV head
+    for (Index g = 0; g < config_.n_kv_heads; ++g) {
+      insert(state, layer, g, state.free_slot[static_cast<std::size_t>(g)], position, state.held,
+             row_data(k, g), row_data(v, g));
+    }
+    ++state.held;
+    ++state.seen;
+    const Index live = state.held;
+    // Until an eviction says otherwise, the next token goes to the first unused slot.
+    std::fill(state.free_slot.begin(), state.free_slot.end(), live);
+
+    // 2. attend over the kept states plus the new one; 3. let the policy score them
+    q_ = q;
+    for (Index h = 0; h < config_.n_q_heads; ++h) encode_query(&q_(h, 0), live - 1);
+    for (Index g = 0; g < config_.n_kv_heads; ++g) {
+      const RowMatrix& keys = attended_keys(state, layer, g, live);
+      attend(q_.middleRows(g * group_, group_), keys.topRows(live),
+             values_[head_index(layer, g)].topRows(live), scale_,
+             probs_.topLeftCorner(group_, live), out.middleRows(g * group_, group_));
+      if constexpr (P::kNeedsProbabilities) {
+        policy.observe(g, probs_.topLeftCorner(group_, live), 1, state.score.row(g).head(live));
+      }
+    }
+
+    // 4. evict down to C
+    if constexpr (P::kEvicts) {
+      if (state.held > capacity_) evict(policy, state);
+    }
+  }
+
+  template <class P>
+  void evict(const P& policy, LayerState& state) noexcept {
+    const Index live = state.held;
+    const Index newest = state.seen - 1;
+    if (policy.per_head()) {
+      for (Index g = 0; g < config_.n_kv_heads; ++g) {
+        remove(
+            state, g,
+            detail::select_victim(policy, &state.score(g, 0), &state.position(g, 0), live, newest));
+      }
+    } else {
+      const float* score = &state.score(0, 0);
+      if constexpr (P::kNeedsProbabilities) {
+        if (config_.n_kv_heads > 1) {
+          layer_score_.head(live).noalias() = state.score.leftCols(live).colwise().sum();
+          score = layer_score_.data();
+        }
+      }
+      const Index victim =
+          detail::select_victim(policy, score, &state.position(0, 0), live, newest);
+      for (Index g = 0; g < config_.n_kv_heads; ++g) remove(state, g, victim);
+    }
+    --state.held;
+  }
+
+  // Frees `slot` of KV head g; the ranks above the evicted one move down.
+  void remove(LayerState& state, Index g, Index slot) noexcept {
+    assert(slot >= 0 && slot < state.held && "policy protected every state");
+    if (rotates_in_cache()) {
+      const Index gone = state.rank(g, slot);
+      for (Index j = 0; j < state.held; ++j) {
+        if (state.rank(g, j) > gone) --state.rank(g, j);
+      }
+    }
+    state.position(g, slot) = kEmpty;
+    state.free_slot[static_cast<std::size_t>(g)] = slot;
+  }
+
+  template <class P>
+  void chunk(P& policy, Index layer, const Eigen::Ref<const RowMatrix>& q,
+             const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
+             Eigen::Ref<RowMatrix> out) {
+    const LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    const Index nq = config_.n_q_heads;
+    const Index nkv = config_.n_kv_heads;
+    const Index d = config_.head_dim;
+    Index t = 0;
+    while (t < q.rows()) {
+      const Index room = P::kEvicts ? capacity_ - state.held : q.rows() - t;
+      if (room <= 0) {
+        // Full cache: every token brings an eviction that depends on its own query.
+        step_one(policy, layer, Eigen::Map<const RowMatrix>(row_data(q, t), nq, d),
+                 Eigen::Map<const RowMatrix>(row_data(k, t), nkv, d),
+                 Eigen::Map<const RowMatrix>(row_data(v, t), nkv, d),
+                 Eigen::Map<RowMatrix>(&out(t, 0), nq, d));
+        ++t;
+        continue;
+      }
+      const Index n = std::min({q.rows() - t, room, config_.max_chunk});
+      if constexpr (!P::kEvicts) reserve(state.held + n);
+      prefill(policy, layer, q.middleRows(t, n), k.middleRows(t, n), v.middleRows(t, n),
+              out.middleRows(t, n));
+      t += n;
+    }
+  }
+
+  // n tokens that fit in the free capacity: no eviction, so the slots are in position order and
+  // causal attention over [0, held + n) is one matrix product per KV head.
+  template <class P>
+  void prefill(P& policy, Index layer, const Eigen::Ref<const RowMatrix>& q,
+               const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
+               Eigen::Ref<RowMatrix> out) {
+    LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    const Index n = q.rows();
+    const Index d = config_.head_dim;
+    const Index rows = group_ * n;  // query rows per KV head
+    const Index before = state.held;
+    const Index live = before + n;
+    assert(live <= slots_);
+    if (chunk_q_.rows() < config_.n_q_heads * n) {
+      chunk_q_.resize(config_.n_q_heads * n, d);  // (n_kv_heads * rows, head_dim)
+      chunk_out_.resize(rows, d);                 // (rows, head_dim)
+      chunk_probs_.resize(rows, padded(slots_));  // (rows, slots)
+    }
+
+    for (Index i = 0; i < n; ++i) {
+      const Index slot = before + i;
+      if (rotates_absolute()) config_.rope->angles(state.seen + i, cos_.data(), sin_.data());
+      for (Index g = 0; g < config_.n_kv_heads; ++g) {
+        assert(state.free_slot[static_cast<std::size_t>(g)] == before);
+        insert(state, layer, g, slot, state.seen + i, slot, row_data(k, i) + g * d,
+               row_data(v, i) + g * d);
+      }
+      // Query head h of token i goes to row i * group + r of its KV head's block.
+      for (Index h = 0; h < config_.n_q_heads; ++h) {
+        const Index row = (h / group_) * rows + i * group_ + h % group_;
+        chunk_q_.row(row) = q.row(i).segment(h * d, d);
+        encode_query(&chunk_q_(row, 0), slot);
+      }
+    }
+    state.held = live;
+    state.seen += n;
+    std::fill(state.free_slot.begin(), state.free_slot.end(), live);
+
+    for (Index g = 0; g < config_.n_kv_heads; ++g) {
+      const RowMatrix& keys = attended_keys(state, layer, g, live);
+      attend_causal(chunk_q_.middleRows(g * rows, rows), keys.topRows(live),
+                    values_[head_index(layer, g)].topRows(live), scale_, before, group_,
+                    chunk_probs_.topLeftCorner(rows, live), chunk_out_.topRows(rows));
+      for (Index i = 0; i < n; ++i) {
+        for (Index r = 0; r < group_; ++r) {
+          out.row(i).segment((g * group_ + r) * d, d) = chunk_out_.row(i * group_ + r);
+        }
+      }
+      if constexpr (P::kNeedsProbabilities) {
+        policy.observe(g, chunk_probs_.topLeftCorner(rows, live), n, state.score.row(g).head(live));
+      }
+    }
+  }
+
+  CacheConfig config_;
+  Policy policy_;
+  bool evicts_ = true;
+  Index capacity_ = 0;
+  Index slots_ = 0;
+  Index group_ = 1;  // query heads per KV head
+  float scale_ = 1.0f;
+
+  std::vector<LayerState> layers_;  // (n_layers)
+  std::vector<RowMatrix> keys_;     // [layer * n_kv_heads + g]: (slots, head_dim)
+  std::vector<RowMatrix> values_;   // [layer * n_kv_heads + g]: (slots, head_dim)
+
+  // Scratch, sized at construction (and when Full grows): the decode step never allocates.
+  RowMatrix q_;             // (n_q_heads, head_dim) queries with positions encoded
+  RowMatrix probs_;         // (group, slots) attention probabilities of one KV head
+  RowVector layer_score_;   // (slots) per-layer policies: scores summed over KV heads
+  RowMatrix keys_rotated_;  // (slots, head_dim) in_cache: keys rotated at their rank
+  RowMatrix rank_cos_;      // (slots, head_dim / 2) in_cache: angles of each rank
+  RowMatrix rank_sin_;      // (slots, head_dim / 2)
+  std::vector<float> cos_;  // (head_dim / 2) absolute: angles of the current position
+  std::vector<float> sin_;  // (head_dim / 2)
+  // Scratch of step_chunk, grown on first use.
+  RowMatrix chunk_q_;      // (n_q_heads * t, head_dim) queries grouped by KV head
+  RowMatrix chunk_probs_;  // (group * t, slots)
+  RowMatrix chunk_out_;    // (group * t, head_dim)
+};
+
+/// A cache whose policy is chosen at run time (command-line tools): `AnyCache cache(config,
+/// make_policy(options))`.
+using AnyCache = MultiStateCache<AnyPolicy>;
+
+}  // namespace msrnn

@@ -1,0 +1,32 @@
+// The one place where a victim is chosen: the lowest-priority unprotected state, ties to the
+// oldest.
+#pragma once
+
+#include "msrnn/types.hpp"
+
+namespace msrnn::detail {
+
+/// Returns the slot in [0, live) whose state the policy evicts: among the states it does not
+/// protect, the one with the lowest priority; on equal priority, the one with the oldest
+/// position. Returns -1 when every state is protected (policies' `prepare` rules that out).
+///
+///   score    (live)  the policy's score per slot (the per-layer sum for a per-layer policy)
+///   position (live)  original position per slot
+template <class P>
+Index select_victim(const P& policy, const float* score, const Index* position, Index live,
+                    Index newest) noexcept {
+  Index victim = -1;
+  float lowest = 0.0f;
+  for (Index slot = 0; slot < live; ++slot) {
+    const Index p = position[slot];
+    if (policy.protects(p, newest)) continue;
+    const float value = policy.priority(score[slot], p, newest);
+    if (victim < 0 || value < lowest || (value == lowest && p < position[victim])) {
+      victim = slot;
+      lowest = value;
+    }
+  }
+  return victim;
+}
+
+}  // namespace msrnn::detail

@@ -1,0 +1,96 @@
+// Rotary position encoding (RoPE) in the two layouts used by open models.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "msrnn/detail/check.hpp"
+#include "msrnn/types.hpp"
+
+namespace msrnn {
+
+/// Which dimensions of a head form a rotated pair.
+enum class RopeLayout {
+  /// Pairs (2i, 2i+1): Llama's original code and llama2.c.
+  interleaved,
+  /// Pairs (i, i + head_dim/2): GPT-NeoX and Hugging Face's Llama.
+  half_split,
+};
+
+/// Rotary position encoding: pair i of a head is rotated by the angle position *
+/// theta^(-2i/head_dim).
+///
+/// Angles are computed in double and rounded once to float, so a table of angles (see `angles`)
+/// and a rotation computed on the fly give bit-identical results.
+///
+///   msrnn::Rope rope(64);                       // head_dim 64, theta 10000, interleaved
+///   rope.rotate(q_heads, /*position=*/17);      // q_heads: (n_heads, 64), rotated in place
+class Rope {
+ public:
+  /// Throws std::invalid_argument when head_dim is not a positive even number or theta is not
+  /// a finite number greater than 1.
+  explicit Rope(Index head_dim, double theta = 10000.0, RopeLayout layout = RopeLayout::interleaved)
+      : head_dim_(head_dim), theta_(theta), layout_(layout) {
+    detail::require(head_dim > 0 && head_dim % 2 == 0, "head_dim", head_dim,
+                    "RoPE needs a positive even head_dim");
+    detail::require(std::isfinite(theta) && theta > 1.0, "theta", theta,
+                    "RoPE needs a finite base greater than 1");
+    inv_freq_.resize(static_cast<std::size_t>(head_dim / 2));
+    for (Index i = 0; i < head_dim / 2; ++i) {
+      inv_freq_[static_cast<std::size_t>(i)] =
+          std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+    }
+  }
+
+  Index head_dim() const noexcept { return head_dim_; }
+  double theta() const noexcept { return theta_; }
+  RopeLayout layout() const noexcept { return layout_; }
+
+  /// Writes cos and sin of every pair's angle at `position`: (head_dim / 2) floats each.
+  void angles(Index position, float* cos_out, float* sin_out) const noexcept {
+    for (Index i = 0; i < head_dim_ / 2; ++i) angle(position, i, cos_out[i], sin_out[i]);
+  }
+
+  /// Rotates one head vector `x` (head_dim floats) in place by angles from `angles()`.
+  void rotate(float* x, const float* cos_in, const float* sin_in) const noexcept {
+    for (Index i = 0; i < head_dim_ / 2; ++i) turn(x, i, cos_in[i], sin_in[i]);
+  }
+
+  /// Rotates every row of x (rows, head_dim) in place at `position`.
+  void rotate(Eigen::Ref<RowMatrix> x, Index position) const {
+    detail::require(x.cols() == head_dim_, "x.cols()", x.cols(),
+                    "must equal the Rope's head_dim (" + std::to_string(head_dim_) + ")");
+    for (Index i = 0; i < head_dim_ / 2; ++i) {
+      float c = 0.0f;
+      float s = 0.0f;
+      angle(position, i, c, s);
+      for (Index r = 0; r < x.rows(); ++r) turn(&x(r, 0), i, c, s);
+    }
+  }
+
+ private:
+  Index head_dim_;
+  double theta_;
+  RopeLayout layout_;
+  std::vector<double> inv_freq_;  // (head_dim / 2)
+
+  void angle(Index position, Index pair, float& c, float& s) const noexcept {
+    const double a = static_cast<double>(position) * inv_freq_[static_cast<std::size_t>(pair)];
+    c = static_cast<float>(std::cos(a));
+    s = static_cast<float>(std::sin(a));
+  }
+
+  // Rotates pair `pair` of the head vector x by the angle whose cosine and sine are c and s.
+  void turn(float* x, Index pair, float c, float s) const noexcept {
+    const bool interleaved = layout_ == RopeLayout::interleaved;
+    float& a = x[interleaved ? 2 * pair : pair];
+    float& b = x[interleaved ? 2 * pair + 1 : pair + head_dim_ / 2];
+    const float a0 = a;
+    const float b0 = b;
+    a = a0 * c - b0 * s;
+    b = a0 * s + b0 * c;
+  }
+};
+
+}  // namespace msrnn

@@ -1,0 +1,35 @@
+// Shared vocabulary of msrnn: index type, matrix types, sentinels, position modes.
+#pragma once
+
+#include <Eigen/Core>
+#include <limits>
+
+namespace msrnn {
+
+/// Signed index used for every size, slot and position (Eigen's own index type).
+using Index = Eigen::Index;
+
+/// Row-major float matrix: one token (or one head) per row.
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Row vector of floats (one score per slot, one token's features, ...).
+using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
+
+/// Capacity of a cache that never evicts (only `Full` may use it).
+inline constexpr Index kUnbounded = std::numeric_limits<Index>::max();
+
+/// How the cache encodes positions when it owns a `Rope`.
+enum class PositionMode {
+  /// Keys are rotated once, at their original position, and stored rotated (official TOVA code).
+  absolute,
+  /// Keys are stored unrotated; at every step each kept key is rotated at its rank among the kept
+  /// states and the query at the rank of the newest (StreamingLLM), so a model can run past the
+  /// context it was trained on.
+  in_cache,
+};
+
+inline const char* to_string(PositionMode mode) noexcept {
+  return mode == PositionMode::absolute ? "absolute" : "in_cache";
+}
+
+}  // namespace msrnn

@@ -1,0 +1,100 @@
+// After construction, a bounded cache's step allocates nothing: neither through operator new
+// nor through Eigen's heap (EIGEN_RUNTIME_NO_MALLOC turns any Eigen heap allocation into a
+// failed assertion, which this program reports as an exception).
+#define EIGEN_RUNTIME_NO_MALLOC
+#include <stdexcept>
+#define eigen_assert(x)                                                \
+  do {                                                                 \
+    if (!(x)) throw std::runtime_error("Eigen assertion failed: " #x); \
+  } while (false)
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "msrnn/cache.hpp"
+#include "test_util.hpp"
+
+namespace {
+std::atomic<long> g_allocations{0};
+std::atomic<bool> g_counting{false};
+}  // namespace
+
+// The replacement pair is malloc/free on both sides; GCC cannot see that new is replaced.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+void* operator new(std::size_t size) {
+  if (g_counting) ++g_allocations;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace msrnn {
+namespace {
+
+using testing::random_matrix;
+using testing::small_config;
+
+// Steps `cache` through `tokens` tokens (already generated) and counts the allocations.
+template <class Cache>
+long allocations_while_stepping(Cache& cache, const RowMatrix& q, const RowMatrix& k,
+                                const RowMatrix& v, Index tokens) {
+  const CacheConfig& c = cache.config();
+  RowMatrix out(c.n_q_heads, c.head_dim);
+  g_allocations = 0;
+  g_counting = true;
+  Eigen::internal::set_is_malloc_allowed(false);
+  for (Index t = 0; t < tokens; ++t) {
+    for (Index l = 0; l < c.n_layers; ++l) {
+      cache.step(l, Eigen::Map<const RowMatrix>(q.row(t).data(), c.n_q_heads, c.head_dim),
+                 Eigen::Map<const RowMatrix>(k.row(t).data(), c.n_kv_heads, c.head_dim),
+                 Eigen::Map<const RowMatrix>(v.row(t).data(), c.n_kv_heads, c.head_dim), out);
+    }
+  }
+  Eigen::internal::set_is_malloc_allowed(true);
+  g_counting = false;
+  return g_allocations;
+}
+
+TEST(NoAllocation, BoundedStepsNeverAllocate) {
+  // head_dim 128 with 700 states crosses several key tiles, as a real model does.
+  for (Index head_dim : {8, 128}) {
+    for (PositionMode mode : {PositionMode::absolute, PositionMode::in_cache}) {
+      for (PolicyKind kind :
+           {PolicyKind::window, PolicyKind::sink, PolicyKind::h2o, PolicyKind::tova}) {
+        CacheConfig config = small_config(8, 2, head_dim, 700, 2);
+        config.rope = Rope(head_dim);
+        config.positions = mode;
+        PolicyOptions options;
+        options.kind = kind;
+        AnyCache cache(config, make_policy(options));
+        const Index tokens = 720;
+        const RowMatrix q = random_matrix(tokens, 8 * head_dim, 1);
+        const RowMatrix k = random_matrix(tokens, 2 * head_dim, 2);
+        const RowMatrix v = random_matrix(tokens, 2 * head_dim, 3);
+        EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens), 0)
+            << policy_name(kind) << " head_dim " << head_dim << " " << to_string(mode);
+        EXPECT_EQ(cache.size(1), 700);
+      }
+    }
+  }
+}
+
+TEST(NoAllocation, TheCounterSeesAllocations) {
+  // The check above could pass vacuously if nothing were counted: Full must grow.
+  MultiStateCache<Full> cache(small_config(2, 1, 8, 4));
+  const RowMatrix q = random_matrix(10, 16, 1);
+  const RowMatrix k = random_matrix(10, 8, 2);
+  EXPECT_THROW(allocations_while_stepping(cache, q, k, k, 10), std::runtime_error);
+  Eigen::internal::set_is_malloc_allowed(true);
+  g_counting = false;
+}
+
+}  // namespace
+}  // namespace msrnn

@@ -1,0 +1,101 @@
+#include "msrnn/policy.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "msrnn/cache.hpp"
+#include "test_util.hpp"
+
+namespace msrnn {
+namespace {
+
+using testing::invalid_argument_message;
+using testing::random_matrix;
+using testing::small_config;
+
+static_assert(is_policy_v<Full> && is_policy_v<Window> && is_policy_v<WindowPlusI> &&
+              is_policy_v<H2O> && is_policy_v<TOVA>);
+static_assert(!is_policy_v<int> && !is_policy_v<CacheConfig>);
+
+// A policy that says it needs probabilities but cannot observe them is not a policy.
+struct Blind : Window {
+  static constexpr bool kNeedsProbabilities = true;
+};
+static_assert(!is_policy_v<Blind>);
+
+#if defined(__cpp_concepts) && __cpp_concepts >= 201907L
+static_assert(EvictionPolicy<TOVA> && !EvictionPolicy<Blind>);
+#endif
+
+TEST(Policy, NamesRoundTrip) {
+  for (PolicyKind kind : {PolicyKind::full, PolicyKind::window, PolicyKind::sink, PolicyKind::h2o,
+                          PolicyKind::tova}) {
+    EXPECT_EQ(parse_policy_kind(policy_name(kind)), kind);
+    PolicyOptions options;
+    options.kind = kind;
+    EXPECT_EQ(policy_kind(make_policy(options)), kind);
+  }
+  EXPECT_EQ(parse_policy_kind("window_plus_i"), PolicyKind::sink);
+}
+
+TEST(Policy, UnknownNameThrowsNamingIt) {
+  const std::string message = invalid_argument_message([] { parse_policy_kind("lru"); });
+  EXPECT_NE(message.find("policy = lru"), std::string::npos) << message;
+  EXPECT_NE(message.find("full, window, sink, h2o or tova"), std::string::npos);
+}
+
+TEST(Policy, MakePolicyCarriesTheOptions) {
+  PolicyOptions options;
+  options.kind = PolicyKind::sink;
+  options.sinks = 7;
+  EXPECT_EQ(std::get<WindowPlusI>(make_policy(options)).sinks, 7);
+  options.kind = PolicyKind::h2o;
+  options.recent = 3;
+  options.normalize = true;
+  const H2O h2o = std::get<H2O>(make_policy(options));
+  EXPECT_EQ(h2o.recent, 3);
+  EXPECT_TRUE(h2o.normalize);
+  options.kind = PolicyKind::tova;
+  options.granularity = TovaGranularity::head;
+  EXPECT_TRUE(std::get<TOVA>(make_policy(options)).per_head());
+}
+
+template <class P>
+void expect_any_cache_equals_static(const AnyPolicy& any, const P& policy) {
+  CacheConfig config = small_config(4, 2, 8, 5, 2);
+  config.rope = Rope(8);
+  AnyCache dynamic(config, any);
+  MultiStateCache<P> fixed(config, policy);
+  RowMatrix a(4, 8), b(4, 8);
+  for (Index t = 0; t < 25; ++t) {
+    for (Index l = 0; l < 2; ++l) {
+      const auto s = static_cast<std::uint32_t>(t * 7 + l);
+      const RowMatrix q = random_matrix(4, 8, s);
+      const RowMatrix k = random_matrix(2, 8, s + 100);
+      const RowMatrix v = random_matrix(2, 8, s + 200);
+      dynamic.step(l, q, k, v, a);
+      fixed.step(l, q, k, v, b);
+      ASSERT_TRUE(a == b) << P::kName << " token " << t;
+    }
+  }
+  for (Index g = 0; g < 2; ++g) EXPECT_EQ(dynamic.kept_positions(1, g), fixed.kept_positions(1, g));
+  EXPECT_EQ(dynamic.state_bytes(), fixed.state_bytes());
+}
+
+TEST(AnyCache, EqualsTheStaticCacheOfEveryPolicy) {
+  expect_any_cache_equals_static(Full{}, Full{});
+  expect_any_cache_equals_static(Window{}, Window{});
+  expect_any_cache_equals_static(WindowPlusI{2}, WindowPlusI{2});
+  expect_any_cache_equals_static(H2O{}, H2O{});
+  expect_any_cache_equals_static(TOVA{}, TOVA{});
+}
+
+TEST(AnyCache, ChecksThePolicyItHolds) {
+  const std::string message =
+      invalid_argument_message([] { AnyCache cache(small_config(2, 2, 4, 4), WindowPlusI{4}); });
+  EXPECT_NE(message.find("sinks = 4"), std::string::npos) << message;
+}
+
+}  // namespace
+}  // namespace msrnn
