@@ -1,6 +1,5 @@
 // One decode step of one layer (insert + attention + policy bookkeeping + eviction) per policy,
-// on a full cache. A first benchmark of the core; the full suite (bandwidth baseline, threads,
-// CSV, decoder throughput) is bench_attention / bench_decoder.
+// on a full cache: a first benchmark of the core (no bandwidth baseline, threads or CSV yet).
 //
 //   bench_step [--benchmark_filter=...] [--benchmark_min_time=...]
 #include <benchmark/benchmark.h>

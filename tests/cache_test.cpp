@@ -196,6 +196,29 @@ TEST(MultiStateCache, InCachePositionsDifferFromAbsoluteOnceStatesAreEvicted) {
   EXPECT_FALSE(a.isApprox(b, 1e-4f));
 }
 
+TEST(MultiStateCache, LongPromptsGoThroughSmallerChunksWithinTheScratchBudget) {
+  // 8 query heads per KV head and 6000 tokens: 256-token pieces would need more than 32 MiB of
+  // probabilities, so the cache takes smaller ones; the result must not change.
+  const Index tokens = 6000;
+  MultiStateCache<Full> chunked(small_config(8, 1, 2, 16));
+  MultiStateCache<Full> stepped(small_config(8, 1, 2, 16));
+  const RowMatrix q = random_matrix(tokens, 16, 1);
+  const RowMatrix k = random_matrix(tokens, 2, 2);
+  const RowMatrix v = random_matrix(tokens, 2, 3);
+  RowMatrix out(tokens, 16);
+  chunked.step_chunk(0, q, k, v, out);
+  RowMatrix one(8, 2);
+  for (Index t = 0; t < tokens; ++t) {
+    stepped.step(0, Eigen::Map<const RowMatrix>(q.row(t).data(), 8, 2),
+                 Eigen::Map<const RowMatrix>(k.row(t).data(), 1, 2),
+                 Eigen::Map<const RowMatrix>(v.row(t).data(), 1, 2), one);
+    if (t % 997 == 0 || t == tokens - 1) {
+      ASSERT_TRUE(out.row(t).isApprox(Eigen::Map<const RowVector>(one.data(), 16), 1e-4f)) << t;
+    }
+  }
+  EXPECT_EQ(chunked.size(0), tokens);
+}
+
 TEST(MultiStateCache, ScaleDefaultsToInverseSqrtHeadDim) {
   CacheConfig config = small_config(1, 1, 16, 8);
   MultiStateCache<Window> implicit(config);

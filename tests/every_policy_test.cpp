@@ -232,28 +232,34 @@ TYPED_TEST(EveryPolicy, EqualsFullExactlyWhenCapacityCoversTheSequence) {
   constexpr Index kTokens = 24;
   for (const PolicyOptions& options : variants<TypeParam>()) {
     for (Positions positions : kPositions) {
-      SCOPED_TRACE(describe(options) + " positions=" + std::to_string(static_cast<int>(positions)));
-      const CacheConfig config = make_config({4, 2, 8}, kTokens, positions);
-      MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
-      MultiStateCache<Full> full(make_config({4, 2, 8}, 4, positions));  // grows past 4 slots
-      const Stream s = make_stream(config, kTokens, 13);
-      for (Index t = 0; t < kTokens; ++t) {
-        const RowMatrix got = step_token(cache, s, t);
-        const RowMatrix want = step_token(full, s, t);
-        ASSERT_TRUE(got == want) << "token " << t;
-      }
-      EXPECT_EQ(all_kept(cache), all_kept(full));
+      // C equal to the sequence, and larger (other slot counts, other row strides).
+      for (Index capacity : {kTokens, 3 * kTokens + 1}) {
+        SCOPED_TRACE(describe(options) +
+                     " positions=" + std::to_string(static_cast<int>(positions)) +
+                     " C=" + std::to_string(capacity));
+        const CacheConfig config = make_config({4, 2, 8}, capacity, positions);
+        MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
+        MultiStateCache<Full> full(make_config({4, 2, 8}, 1, positions));  // grows from 1 slot
+        const Stream s = make_stream(config, kTokens, 13);
+        for (Index t = 0; t < kTokens; ++t) {
+          const RowMatrix got = step_token(cache, s, t);
+          const RowMatrix want = step_token(full, s, t);
+          ASSERT_TRUE(got == want) << "token " << t;
+        }
+        EXPECT_EQ(all_kept(cache), all_kept(full));
 
-      // The chunk path too: a whole prompt at once.
-      MultiStateCache<TypeParam> chunked(config, make<TypeParam>(options));
-      MultiStateCache<Full> full_chunked(config);
-      for (Index l = 0; l < config.n_layers; ++l) {
-        const auto L = static_cast<std::size_t>(l);
-        RowMatrix got(kTokens, config.n_q_heads * config.head_dim);
-        RowMatrix want(kTokens, config.n_q_heads * config.head_dim);
-        chunked.step_chunk(l, s.q[L], s.k[L], s.v[L], got);
-        full_chunked.step_chunk(l, s.q[L], s.k[L], s.v[L], want);
-        EXPECT_TRUE(got == want) << "layer " << l;
+        // The chunk path too: a whole prompt at once.
+        MultiStateCache<TypeParam> chunked(config, make<TypeParam>(options));
+        MultiStateCache<Full> full_chunked(make_config({4, 2, 8}, 1, positions));
+        for (Index l = 0; l < config.n_layers; ++l) {
+          const auto L = static_cast<std::size_t>(l);
+          RowMatrix got(kTokens, config.n_q_heads * config.head_dim);
+          RowMatrix want(kTokens, config.n_q_heads * config.head_dim);
+          chunked.step_chunk(l, s.q[L], s.k[L], s.v[L], got);
+          full_chunked.step_chunk(l, s.q[L], s.k[L], s.v[L], want);
+          EXPECT_TRUE(got == want) << "layer " << l;
+        }
+        EXPECT_EQ(all_kept(chunked), all_kept(full_chunked));
       }
     }
   }

@@ -99,3 +99,25 @@ TEST(AnyCache, ChecksThePolicyItHolds) {
 
 }  // namespace
 }  // namespace msrnn
+
+namespace msrnn {
+namespace {
+
+// Breaks the contract: protects every state. The cache must stay bounded and in bounds.
+struct ProtectsEverything : Window {
+  bool protects(Index /*position*/, Index /*newest*/) const noexcept { return true; }
+};
+
+TEST(Policy, APolicyThatProtectsEverythingLosesItsOldestState) {
+  static_assert(is_policy_v<ProtectsEverything>);
+  MultiStateCache<ProtectsEverything> cache(testing::small_config(2, 1, 4, 2));
+  RowMatrix out(2, 4);
+  for (Index t = 0; t < 5; ++t) {
+    cache.step(0, testing::random_matrix(2, 4, 1), testing::random_matrix(1, 4, 2),
+               testing::random_matrix(1, 4, 3), out);
+  }
+  EXPECT_EQ(cache.kept_positions(0, 0), (std::vector<Index>{3, 4}));
+}
+
+}  // namespace
+}  // namespace msrnn

@@ -40,10 +40,6 @@ std::string invalid_argument_message(F&& f) {
   return "";
 }
 
-}  // namespace msrnn::testing
-
-namespace msrnn::testing {
-
 // Feeds one layer-0 token whose heads have 1-dimensional queries and keys: every query head
 // gets `q`, KV head g gets key keys[g]; values are the keys. With scale 1, a state's logit is
 // q * key, so probabilities can be worked out by hand.

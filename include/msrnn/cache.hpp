@@ -37,7 +37,8 @@ struct CacheConfig {
   PositionMode positions = PositionMode::absolute;
   /// Factor on q.k before the softmax; empty means 1 / sqrt(head_dim).
   std::optional<float> scale;
-  /// Most tokens `step_chunk` puts through one matrix product (bounds its scratch memory).
+  /// Most tokens `step_chunk` puts through one matrix product. Fewer go when their attention
+  /// probabilities would pass 32 MiB of scratch (long contexts).
   Index max_chunk = 256;
 };
 
@@ -91,9 +92,10 @@ class MultiStateCache {
     require(std::isfinite(scale_) && scale_ > 0.0f, "scale", scale_,
             "must be a finite positive number");
 
-    dispatch([this](auto& p) {
+    bool evicts = true;
+    dispatch([&](auto& p) {
       using P = std::decay_t<decltype(p)>;
-      evicts_ = P::kEvicts;
+      evicts = P::kEvicts;
       if constexpr (P::kEvicts) {
         detail::require(config_.capacity != kUnbounded, "capacity", "unbounded",
                         std::string("policy ") + P::kName + " needs a finite capacity");
@@ -102,9 +104,9 @@ class MultiStateCache {
         p.prepare(kUnbounded);
       }
     });
-    capacity_ = evicts_ ? config.capacity : kUnbounded;
+    capacity_ = evicts ? config.capacity : kUnbounded;
     // A bounded cache holds C + 1 states between insert and evict; Full starts with a reservation.
-    const Index slots = evicts_                         ? config.capacity + 1
+    const Index slots = evicts                          ? config.capacity + 1
                         : config.capacity == kUnbounded ? kDefaultFullReservation
                                                         : config.capacity;
     const double bytes = 2.0 * static_cast<double>(config.n_layers) *
@@ -140,8 +142,9 @@ class MultiStateCache {
   ///   k   (n_kv_heads, head_dim)
   ///   v   (n_kv_heads, head_dim)
   ///   out (n_q_heads, head_dim)   written: the attention output of every query head
-  /// Throws std::invalid_argument when a shape or the layer is wrong; otherwise never throws, and
-  /// never allocates unless the policy is Full and its storage must grow.
+  /// Throws std::invalid_argument when a shape or the layer is wrong. Otherwise a bounded policy
+  /// never throws and never allocates; Full allocates (and may throw std::bad_alloc) when its
+  /// storage must grow.
   void step(Index layer, const Eigen::Ref<const RowMatrix>& q, const Eigen::Ref<const RowMatrix>& k,
             const Eigen::Ref<const RowMatrix>& v, Eigen::Ref<RowMatrix> out) {
     check_layer(layer);
@@ -227,6 +230,7 @@ class MultiStateCache {
   using PositionMatrix = Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   static constexpr Index kEmpty = -1;
   static constexpr Index kDefaultFullReservation = 256;
+  static constexpr Index kChunkScratchFloats = Index{1} << 23;  // 32 MiB of probabilities
 
   // Bookkeeping of one layer, beside its tensors. Invariant between steps: the held states fill
   // slots [0, held] except free_slot[g] in each KV head; right after an insert they fill [0, held).
@@ -235,7 +239,7 @@ class MultiStateCache {
     Index seen = 0;                // tokens seen: the next token's position
     std::vector<Index> free_slot;  // (n_kv_heads) where each KV head's next token goes
     PositionMatrix position;       // (n_kv_heads, slots) original position, kEmpty if none
-    PositionMatrix rank;           // (n_kv_heads, slots) rank among the kept (in_cache only)
+    PositionMatrix rank;           // (n_kv_heads, slots) rank among the kept (used by in_cache)
     RowMatrix score;               // (n_kv_heads, slots) the policy's score of each slot
   };
 
@@ -299,7 +303,6 @@ class MultiStateCache {
     }
     probs_.resize(group_, padded(slots));
     layer_score_.resize(slots);
-    if (chunk_probs_.size() > 0) chunk_probs_.resize(chunk_probs_.rows(), padded(slots));
     if (rotates_in_cache()) {
       keys_rotated_.resize(slots, d);
       const Index old = rank_cos_.rows();
@@ -424,7 +427,7 @@ class MultiStateCache {
 
   // Frees `slot` of KV head g; the ranks above the evicted one move down.
   void remove(LayerState& state, Index g, Index slot) noexcept {
-    assert(slot >= 0 && slot < state.held && "policy protected every state");
+    assert(slot >= 0 && slot < state.held);
     if (rotates_in_cache()) {
       const Index gone = state.rank(g, slot);
       for (Index j = 0; j < state.held; ++j) {
@@ -455,7 +458,8 @@ class MultiStateCache {
         ++t;
         continue;
       }
-      const Index n = std::min({q.rows() - t, room, config_.max_chunk});
+      Index n = std::min({q.rows() - t, room, config_.max_chunk});
+      while (n > 1 && group_ * n * padded(state.held + n) > kChunkScratchFloats) n /= 2;
       if constexpr (!P::kEvicts) reserve(state.held + n);
       prefill(policy, layer, q.middleRows(t, n), k.middleRows(t, n), v.middleRows(t, n),
               out.middleRows(t, n));
@@ -479,7 +483,9 @@ class MultiStateCache {
     if (chunk_q_.rows() < config_.n_q_heads * n) {
       chunk_q_.resize(config_.n_q_heads * n, d);  // (n_kv_heads * rows, head_dim)
       chunk_out_.resize(rows, d);                 // (rows, head_dim)
-      chunk_probs_.resize(rows, padded(slots_));  // (rows, slots)
+    }
+    if (chunk_probs_.rows() < rows || chunk_probs_.cols() < live) {
+      chunk_probs_.resize(std::max(rows, chunk_probs_.rows()), padded(live));  // (rows, >= live)
     }
 
     for (Index i = 0; i < n; ++i) {
@@ -519,7 +525,6 @@ class MultiStateCache {
 
   CacheConfig config_;
   Policy policy_;
-  bool evicts_ = true;
   Index capacity_ = 0;
   Index slots_ = 0;
   Index group_ = 1;  // query heads per KV head
@@ -540,7 +545,7 @@ class MultiStateCache {
   std::vector<float> sin_;  // (head_dim / 2)
   // Scratch of step_chunk, grown on first use.
   RowMatrix chunk_q_;      // (n_q_heads * t, head_dim) queries grouped by KV head
-  RowMatrix chunk_probs_;  // (group * t, slots)
+  RowMatrix chunk_probs_;  // (group * t, >= live), rows a multiple of 16 floats long
   RowMatrix chunk_out_;    // (group * t, head_dim)
 };
 

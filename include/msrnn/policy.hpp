@@ -67,7 +67,7 @@ enum class PolicyKind { full, window, sink, h2o, tova };
 /// Options of every policy, for choosing one at run time (`make_policy`).
 struct PolicyOptions {
   PolicyKind kind = PolicyKind::full;
-  Index sinks = 4;                                       // WindowPlusI
+  Index sinks = WindowPlusI{}.sinks;                     // WindowPlusI
   Index recent = H2O::kHalfCapacity;                     // H2O
   bool normalize = false;                                // H2O
   TovaGranularity granularity = TovaGranularity::layer;  // TOVA

@@ -1,7 +1,7 @@
 // The naive reference every policy is checked against: full causal attention recomputed from
 // scratch at every step over the whole history, in double precision, with eviction simulated by
 // a mask per (layer, KV head). It shares no code with the library: its own RoPE, its own softmax,
-// its own reading of each policy's rule (DEVELOPERS.md, "Definitions that must hold").
+// its own reading of each policy's rule (README, "One step, every policy").
 #pragma once
 
 #include <algorithm>

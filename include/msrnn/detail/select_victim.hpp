@@ -8,7 +8,8 @@ namespace msrnn::detail {
 
 /// Returns the slot in [0, live) whose state the policy evicts: among the states it does not
 /// protect, the one with the lowest priority; on equal priority, the one with the oldest
-/// position. Returns -1 when every state is protected (policies' `prepare` rules that out).
+/// position. A policy that protects every state breaks its contract (the built-in ones rule it
+/// out in `prepare`); the oldest state goes then, so the cache stays bounded and in bounds.
 ///
 ///   score    (live)  the policy's score per slot (the per-layer sum for a per-layer policy)
 ///   position (live)  original position per slot
@@ -16,9 +17,11 @@ template <class P>
 Index select_victim(const P& policy, const float* score, const Index* position, Index live,
                     Index newest) noexcept {
   Index victim = -1;
+  Index oldest = 0;
   float lowest = 0.0f;
   for (Index slot = 0; slot < live; ++slot) {
     const Index p = position[slot];
+    if (p < position[oldest]) oldest = slot;
     if (policy.protects(p, newest)) continue;
     const float value = policy.priority(score[slot], p, newest);
     if (victim < 0 || value < lowest || (value == lowest && p < position[victim])) {
@@ -26,7 +29,7 @@ Index select_victim(const P& policy, const float* score, const Index* position, 
       lowest = value;
     }
   }
-  return victim;
+  return victim >= 0 ? victim : oldest;
 }
 
 }  // namespace msrnn::detail

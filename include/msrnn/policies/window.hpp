@@ -14,8 +14,8 @@ namespace msrnn {
 /// This class also documents the interface every policy has (see `policy.hpp` for the trait):
 ///   kName                 name used by the command-line tools and messages
 ///   kEvicts               false only for `Full`: a policy that never evicts
-///   kNeedsProbabilities   the cache computes attention probabilities only for policies that need
-///                         them, and passes them to `observe`
+///   kNeedsProbabilities   the cache passes the attention probabilities to `observe` (and keeps
+///                         scores) only for policies that need them
 ///   prepare(capacity)     checks the options against the capacity C and resolves defaults; throws
 ///                         std::invalid_argument naming the option
 ///   per_head()            true: every KV head chooses its own victim; false: one victim per layer,
@@ -25,7 +25,8 @@ namespace msrnn {
 ///                         probs (n_queries * group, live) holds, token-major, the probabilities
 ///                         of the query heads of that KV head; scores (live) lives with the slots
 ///                         and is reset to 0 when a slot receives a new token
-///   protects(position, newest)   the state at `position` may not be evicted now
+///   protects(position, newest)   the state at `position` may not be evicted now; with C + 1
+///                         states held, at least one must be unprotected (else the oldest goes)
 ///   priority(score, position, newest)   the victim is the unprotected state with the lowest
 ///                         priority, ties to the oldest position; for a per-layer policy `score`
 ///                         is the sum of the per-KV-head scores
