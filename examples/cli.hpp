@@ -1,0 +1,158 @@
+// What the command-line tools share: errors, flag parsing, finding the model, cache flags.
+#pragma once
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <msrnn/msrnn.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model.hpp"
+#include "tokenizer.hpp"
+
+#ifndef MSRNN_SOURCE_DIR
+#define MSRNN_SOURCE_DIR "."
+#endif
+
+namespace engine::cli {
+
+/// Prints "error: <message>" and exits with status 2.
+[[noreturn]] inline void fail(const std::string& message) {
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  std::exit(2);
+}
+
+/// A whole number in [least, most]; anything else (12abc, -3, empty) is an error naming the flag.
+inline long long parse_int(std::string_view flag, const std::string& text, long long least,
+                           long long most = 1LL << 40) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || value < least ||
+      value > most) {
+    fail(std::string(flag) + ": '" + text + "' is not a whole number in [" + std::to_string(least) +
+         ", " + std::to_string(most) + "]");
+  }
+  return value;
+}
+
+inline double parse_real(std::string_view flag, const std::string& text, double least,
+                         double most) {
+  char* end = nullptr;
+  errno = 0;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !(value >= least) ||
+      !(value <= most)) {
+    fail(std::string(flag) + ": '" + text + "' is not a number in [" + std::to_string(least) +
+         ", " + std::to_string(most) + "]");
+  }
+  return value;
+}
+
+inline std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) items.push_back(item);
+  if (items.empty()) items.push_back("");
+  return items;
+}
+
+inline msrnn::PolicyKind parse_policy(const std::string& name) {
+  try {
+    return msrnn::parse_policy_kind(name);
+  } catch (const std::invalid_argument&) {
+    fail("--policy: unknown policy '" + name + "' (expected full, window, sink, h2o or tova)");
+  }
+}
+
+inline msrnn::PositionMode parse_positions(const std::string& text) {
+  if (text == "absolute") return msrnn::PositionMode::absolute;
+  if (text == "in_cache") return msrnn::PositionMode::in_cache;
+  fail("--positions: '" + text + "' is not absolute or in_cache");
+}
+
+/// The file `name` from $MSRNN_MODEL_DIR, then ../shared/models beside the repository, then
+/// models/ in the repository; an error that says where to put it when none has it.
+inline std::string find_model_file(const std::string& name, const char* flag) {
+  std::vector<std::string> places;
+  if (const char* dir = std::getenv("MSRNN_MODEL_DIR"); dir && *dir) places.push_back(dir);
+  places.push_back(std::string(MSRNN_SOURCE_DIR) + "/../shared/models");
+  places.push_back(std::string(MSRNN_SOURCE_DIR) + "/models");
+  std::string looked;
+  for (const std::string& place : places) {
+    const std::string path = place + "/" + name;
+    if (std::ifstream(path).good()) return path;
+    looked += (looked.empty() ? "" : ", ") + place;
+  }
+  fail("cannot find " + name + " (looked in " + looked + "); put it in one of them, set " +
+       "MSRNN_MODEL_DIR, or pass " + flag + " (README, \"Run the example decoder\", says where " +
+       "to download it)");
+}
+
+/// The flags both tools take for the cache: --sinks, --recent, --positions.
+struct CacheFlags {
+  Index sinks = msrnn::WindowPlusI{}.sinks;
+  Index recent = msrnn::H2O::kHalfCapacity;
+  msrnn::PositionMode positions = msrnn::PositionMode::absolute;
+
+  /// Consumes argv[i] (and its value) if it is one of these flags.
+  bool take(std::string_view flag, const std::string& value) {
+    if (flag == "--sinks") {
+      sinks = parse_int(flag, value, 0);
+    } else if (flag == "--recent") {
+      recent = parse_int(flag, value, 0);
+    } else if (flag == "--positions") {
+      positions = parse_positions(value);
+    } else {
+      return false;
+    }
+    return true;
+  }
+
+  CacheSettings settings(msrnn::PolicyKind kind, Index capacity) const {
+    CacheSettings s;
+    s.policy.kind = kind;
+    s.policy.sinks = sinks;
+    s.policy.recent = recent;
+    s.capacity = capacity;
+    s.positions = positions;
+    return s;
+  }
+};
+
+/// Loads the weights and tokenizer, turning a bad file into "error: <file>: <what>".
+inline LlamaWeights load_weights(const std::string& path) {
+  try {
+    return load_checkpoint(path);
+  } catch (const FileError& e) {
+    fail(e.what());
+  } catch (const std::bad_alloc&) {
+    fail(path + ": not enough memory for its weights");
+  }
+}
+
+inline Tokenizer load_tokenizer(const std::string& path, Index vocab_size) {
+  try {
+    return Tokenizer(path, vocab_size);
+  } catch (const FileError& e) {
+    fail(e.what());
+  }
+}
+
+/// Builds the model, turning a bad cache option into "error: ...".
+inline LlamaModel make_model(const LlamaWeights& weights, const CacheSettings& settings) {
+  try {
+    return LlamaModel(weights, settings);
+  } catch (const std::invalid_argument& e) {
+    std::string what = e.what();
+    if (what.rfind("msrnn: ", 0) == 0) what = what.substr(7);
+    fail(std::string(msrnn::policy_name(settings.policy.kind)) + ": " + what);
+  }
+}
+
+}  // namespace engine::cli

@@ -1,0 +1,122 @@
+// msrnn-generate: text from a llama2.c checkpoint, with its KV cache as a bounded multi-state.
+//
+//   msrnn-generate [--prompt "Once upon"] [--steps 256] [--policy tova --capacity 64] ...
+// Prints the text as it is generated; tokens/s and the KV state size go to stderr.
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+#include "cli.hpp"
+#include "model.hpp"
+#include "sampler.hpp"
+#include "tokenizer.hpp"
+
+namespace {
+
+using namespace engine;
+
+const char* const kUsage = R"(usage: msrnn-generate [options]
+Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state.
+  --model FILE          checkpoint (default stories260K.bin, found in $MSRNN_MODEL_DIR,
+                        ../shared/models beside the repository, or models/ in it)
+  --tokenizer FILE      tokenizer (default tok512.bin, found likewise)
+  --prompt TEXT         text to start from (default: none, from BOS)
+  --steps N             tokens in all, prompt included (default 256); may exceed the model's
+                        seq_len with a bounded policy
+  --temperature T       0 is greedy (default 1.0)
+  --topp P              top-p sampling in (0, 1) (default 0.9)
+  --seed N              random seed (default: the time)
+  --policy NAME         full, window, sink, h2o or tova (default full)
+  --capacity N          multi-state size C (default: the model's seq_len)
+  --sinks N             sink's protected first positions (default 4)
+  --recent N            h2o's protected newest states (default C/2)
+  --positions MODE      absolute or in_cache (default absolute)
+  --help                this text
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_path, tokenizer_path, prompt;
+  long long steps = 256, seed = 0, capacity = -1;  // -1: the model's seq_len
+  double temperature = 1.0, topp = 0.9;
+  msrnn::PolicyKind policy = msrnn::PolicyKind::full;
+  cli::CacheFlags cache_flags;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) cli::fail(std::string(flag) + " needs a value (see --help)");
+    const std::string value = argv[++i];
+    if (cache_flags.take(flag, value)) continue;
+    if (flag == "--model")
+      model_path = value;
+    else if (flag == "--tokenizer")
+      tokenizer_path = value;
+    else if (flag == "--prompt")
+      prompt = value;
+    else if (flag == "--steps")
+      steps = cli::parse_int(flag, value, 1);
+    else if (flag == "--temperature")
+      temperature = cli::parse_real(flag, value, 0.0, 100.0);
+    else if (flag == "--topp")
+      topp = cli::parse_real(flag, value, 0.0, 1.0);
+    else if (flag == "--seed")
+      seed = cli::parse_int(flag, value, 0);
+    else if (flag == "--policy")
+      policy = cli::parse_policy(value);
+    else if (flag == "--capacity")
+      capacity = cli::parse_int(flag, value, 0);
+    else
+      cli::fail("unknown flag '" + std::string(flag) + "' (see --help)");
+  }
+  if (model_path.empty()) model_path = cli::find_model_file("stories260K.bin", "--model");
+  if (tokenizer_path.empty()) tokenizer_path = cli::find_model_file("tok512.bin", "--tokenizer");
+
+  const LlamaWeights weights = cli::load_weights(model_path);
+  const Tokenizer tokenizer = cli::load_tokenizer(tokenizer_path, weights.config.vocab_size);
+  LlamaModel model = cli::make_model(weights, cache_flags.settings(policy, capacity));
+  if (policy == msrnn::PolicyKind::full && steps > weights.config.seq_len) {
+    std::fprintf(stderr,
+                 "note: --steps %lld is past the model's seq_len %lld; full stops there "
+                 "(a bounded --policy keeps going)\n",
+                 steps, static_cast<long long>(weights.config.seq_len));
+    steps = weights.config.seq_len;
+  }
+  Sampler sampler(static_cast<float>(temperature), static_cast<float>(topp),
+                  seed != 0 ? static_cast<std::uint64_t>(seed)
+                            : static_cast<std::uint64_t>(
+                                  std::chrono::steady_clock::now().time_since_epoch().count()));
+
+  // As run.c: the prompt's tokens are forced, then each next token is sampled; BOS ends the text.
+  const std::vector<int> prompt_tokens = tokenizer.encode(prompt, /*bos=*/true);
+  int token = prompt_tokens[0];
+  const auto start = std::chrono::steady_clock::now();
+  long long generated = 0;
+  for (long long pos = 0; pos < steps; ++pos) {
+    const RowVector& logits = model.forward(token);
+    const int next = pos + 1 < static_cast<long long>(prompt_tokens.size())
+                         ? prompt_tokens[static_cast<std::size_t>(pos + 1)]
+                         : sampler.sample(logits);
+    ++generated;
+    if (next == kBos) break;
+    const std::string piece = tokenizer.decode(token, next);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    token = next;
+  }
+  std::printf("\n");
+  std::fflush(stdout);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "achieved tok/s: %.1f (%lld tokens, policy %s",
+               static_cast<double>(generated) / seconds, generated, msrnn::policy_name(policy));
+  if (policy != msrnn::PolicyKind::full) {
+    std::fprintf(stderr, ", capacity %lld", static_cast<long long>(model.cache().capacity()));
+  }
+  std::fprintf(stderr, ")\nKV state: %zu bytes\n", model.cache().state_bytes());
+  return 0;
+}
