@@ -64,26 +64,26 @@ long allocations_while_stepping(Cache& cache, const RowMatrix& q, const RowMatri
 }
 
 TEST(NoAllocation, BoundedStepsNeverAllocate) {
-  // head_dim 128 with 700 states crosses several key tiles, as a real model does.
+  // head_dim 128 with 300 states crosses three key tiles (128 keys each), as a real model does.
   for (Index head_dim : {8, 128}) {
     for (Index n_kv : {2, 8}) {  // 4 query heads per KV head (matrix products), and 1 (vectors)
       for (PositionMode mode : {PositionMode::absolute, PositionMode::in_cache}) {
         for (PolicyKind kind :
              {PolicyKind::window, PolicyKind::sink, PolicyKind::h2o, PolicyKind::tova}) {
-          CacheConfig config = small_config(8, n_kv, head_dim, 700, 2);
+          CacheConfig config = small_config(8, n_kv, head_dim, 300, 2);
           config.rope = Rope(head_dim);
           config.positions = mode;
           PolicyOptions options;
           options.kind = kind;
           AnyCache cache(config, make_policy(options));
-          const Index tokens = 720;
+          const Index tokens = 320;
           const RowMatrix q = random_matrix(tokens, 8 * head_dim, 1);
           const RowMatrix k = random_matrix(tokens, n_kv * head_dim, 2);
           const RowMatrix v = random_matrix(tokens, n_kv * head_dim, 3);
           EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens), 0)
               << policy_name(kind) << " head_dim " << head_dim << " n_kv " << n_kv << " "
               << to_string(mode);
-          EXPECT_EQ(cache.size(1), 700);
+          EXPECT_EQ(cache.size(1), 300);
         }
       }
     }
