@@ -4,10 +4,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "msrnn/types.hpp"
@@ -57,6 +59,18 @@ struct LlamaWeights {
   const float* at(std::size_t offset) const { return data.data() + offset; }
 };
 
+/// Throws FileError("<path>: ...") unless path names a readable regular file.
+inline void require_regular_file(const std::string& path, const char* what) {
+  std::error_code error;
+  const auto status = std::filesystem::status(path, error);
+  if (error || !std::filesystem::exists(status)) {
+    throw FileError(path + ": cannot open the " + what + " file (it does not exist)");
+  }
+  if (!std::filesystem::is_regular_file(status)) {
+    throw FileError(path + ": is not a regular file (a " + what + " file is expected)");
+  }
+}
+
 namespace detail {
 
 // a * b + c on unsigned 64-bit, or false on overflow.
@@ -81,6 +95,7 @@ inline std::string describe(const LlamaConfig& c) {
 /// (overflow-safe) before any weight is read; a bad file throws FileError("<path>: <what>").
 inline LlamaWeights load_checkpoint(const std::string& path) {
   auto fail = [&](const std::string& what) -> void { throw FileError(path + ": " + what); };
+  require_regular_file(path, "model");
   std::ifstream file(path, std::ios::binary | std::ios::ate);
   if (!file) fail("cannot open the model file");
   const std::streamoff size = file.tellg();

@@ -1,6 +1,7 @@
 // What the command-line tools share: errors, flag parsing, finding the model, cache flags.
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "model.hpp"
@@ -52,14 +54,6 @@ inline double parse_real(std::string_view flag, const std::string& text, double 
          ", " + std::to_string(most) + "]");
   }
   return value;
-}
-
-inline std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> items;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) items.push_back(item);
-  if (items.empty()) items.push_back("");
-  return items;
 }
 
 inline msrnn::PolicyKind parse_policy(const std::string& name) {
@@ -144,15 +138,60 @@ inline Tokenizer load_tokenizer(const std::string& path, Index vocab_size) {
   }
 }
 
-/// Builds the model, turning a bad cache option into "error: ...".
-inline LlamaModel make_model(const LlamaWeights& weights, const CacheSettings& settings) {
+/// Builds the model for sequences of at most `max_tokens` tokens, turning a bad cache option
+/// into "error: ...". The options are checked against the requested capacity C, but the cache
+/// holds at most max_tokens states: with C at least the sequence length nothing is ever evicted,
+/// so the results are exactly those of C, without allocating states that can never arrive.
+inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings,
+                             Index max_tokens) {
+  const std::string name = msrnn::policy_name(settings.policy.kind);
+  const Index requested = settings.capacity >= 0 ? settings.capacity : weights.config.seq_len;
   try {
+    if (requested > max_tokens) {
+      msrnn::AnyPolicy policy = msrnn::make_policy(settings.policy);
+      std::visit([&](auto& p) { p.prepare(requested); }, policy);  // throws on bad options
+      const Index recent = settings.policy.recent == msrnn::H2O::kHalfCapacity
+                               ? requested / 2
+                               : settings.policy.recent;
+      settings.capacity = max_tokens;
+      settings.policy.sinks = std::min(settings.policy.sinks, max_tokens - 1);
+      settings.policy.recent = std::min(recent, max_tokens - 1);
+    }
     return LlamaModel(weights, settings);
   } catch (const std::invalid_argument& e) {
     std::string what = e.what();
     if (what.rfind("msrnn: ", 0) == 0) what = what.substr(7);
-    fail(std::string(msrnn::policy_name(settings.policy.kind)) + ": " + what);
+    fail(name + ": " + what);
+  } catch (const std::bad_alloc&) {
+    fail(name + ": not enough memory for a KV state of capacity " + std::to_string(requested));
   }
+}
+
+/// Runs a tool's main, turning any exception that escapes into "error: ..." and status 2.
+template <class F>
+int guarded_main(F&& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    fail("out of memory");
+  } catch (const std::exception& e) {
+    fail(e.what());
+  }
+}
+
+/// Items of a comma-separated flag value: none empty, duplicates dropped.
+inline std::vector<std::string> parse_list(std::string_view flag, const std::string& text) {
+  std::vector<std::string> items;
+  std::string item;
+  std::stringstream in(text + ",");
+  std::size_t count = 0;
+  while (std::getline(in, item, ',')) {
+    if (item.empty()) fail(std::string(flag) + ": empty item in '" + text + "'");
+    if (std::find(items.begin(), items.end(), item) == items.end()) items.push_back(item);
+    ++count;
+  }
+  if (count == 0) fail(std::string(flag) + ": empty list");
+  return items;
 }
 
 }  // namespace engine::cli

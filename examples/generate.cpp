@@ -37,7 +37,7 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   std::string model_path, tokenizer_path, prompt;
   long long steps = 256, seed = 0, capacity = -1;  // -1: the model's seq_len
   double temperature = 1.0, topp = 0.9;
@@ -78,7 +78,6 @@ int main(int argc, char** argv) {
 
   const LlamaWeights weights = cli::load_weights(model_path);
   const Tokenizer tokenizer = cli::load_tokenizer(tokenizer_path, weights.config.vocab_size);
-  LlamaModel model = cli::make_model(weights, cache_flags.settings(policy, capacity));
   if (policy == msrnn::PolicyKind::full && steps > weights.config.seq_len) {
     std::fprintf(stderr,
                  "note: --steps %lld is past the model's seq_len %lld; full stops there "
@@ -86,6 +85,7 @@ int main(int argc, char** argv) {
                  steps, static_cast<long long>(weights.config.seq_len));
     steps = weights.config.seq_len;
   }
+  LlamaModel model = cli::make_model(weights, cache_flags.settings(policy, capacity), steps);
   Sampler sampler(static_cast<float>(temperature), static_cast<float>(topp),
                   seed != 0 ? static_cast<std::uint64_t>(seed)
                             : static_cast<std::uint64_t>(
@@ -115,8 +115,13 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "achieved tok/s: %.1f (%lld tokens, policy %s",
                static_cast<double>(generated) / seconds, generated, msrnn::policy_name(policy));
   if (policy != msrnn::PolicyKind::full) {
-    std::fprintf(stderr, ", capacity %lld", static_cast<long long>(model.cache().capacity()));
+    std::fprintf(stderr, ", capacity %lld",
+                 capacity >= 0 ? capacity : static_cast<long long>(weights.config.seq_len));
   }
   std::fprintf(stderr, ")\nKV state: %zu bytes\n", model.cache().state_bytes());
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return engine::cli::guarded_main([&] { return run(argc, argv); });
 }

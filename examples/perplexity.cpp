@@ -55,6 +55,7 @@ struct Row {
 void write_csv(const std::string& path, const std::vector<Row>& rows) {
   std::ofstream out(path);
   if (!out) cli::fail(path + ": cannot write the CSV file");
+  out.precision(10);
   out << "policy,capacity,tokens,nll,ppl\n";
   for (const Row& r : rows) {
     out << r.policy << ',' << r.capacity << ',' << r.tokens << ',' << r.nll << ',' << r.ppl << '\n';
@@ -62,16 +63,19 @@ void write_csv(const std::string& path, const std::vector<Row>& rows) {
   if (!out) cli::fail(path + ": cannot write the CSV file");
 }
 
+// Text safe inside a gnuplot '...' string.
+std::string sanitized(std::string text) {
+  for (char& c : text) {
+    if (c == '\'' || c == '\n' || c == '\\') c = '_';
+  }
+  return text;
+}
+
 // ppl against capacity (log x), one line per bounded policy, full as a horizontal line.
 void plot(const std::string& path, const std::vector<Row>& rows, const std::string& title) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-    cli::fail(
-        "--plot: gnuplot is not installed (apt-get install gnuplot-nox); the table and "
-        "--csv are complete without it");
-  }
   std::ostringstream script;
   script << "set terminal pngcairo size 900,600\nset output '" << path << "'\n"
-         << "set title '" << title << "' noenhanced\nset logscale x 2\n"
+         << "set title '" << sanitized(title) << "' noenhanced\nset logscale x 2\n"
          << "set xlabel 'multi-state size (capacity)'\nset ylabel 'perplexity'\nset key top right\n"
          << "set grid\n";
   std::vector<std::string> policies;
@@ -106,7 +110,7 @@ void plot(const std::string& path, const std::vector<Row>& rows, const std::stri
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   std::string model_path, tokenizer_path, text_path, csv_path, plot_path;
   long long chunk = 0, chunks = 0;
   std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
@@ -139,22 +143,44 @@ int main(int argc, char** argv) {
       chunks = cli::parse_int(flag, value, 1);
     else if (flag == "--policy") {
       policies.clear();
-      for (const std::string& name : cli::split_list(value))
+      for (const std::string& name : cli::parse_list(flag, value)) {
         policies.push_back(cli::parse_policy(name));
+      }
     } else if (flag == "--capacity") {
       capacities.clear();
-      for (const std::string& c : cli::split_list(value))
+      for (const std::string& c : cli::parse_list(flag, value)) {
         capacities.push_back(cli::parse_int(flag, c, 0));
+      }
     } else {
       cli::fail("unknown flag '" + std::string(flag) + "' (see --help)");
     }
   }
   if (text_path.empty()) cli::fail("--text FILE is required (see --help)");
+  // Outputs first: a bad --csv or --plot must not wait for the whole evaluation.
+  if (!csv_path.empty() && !std::ofstream(csv_path)) {
+    cli::fail(csv_path + ": cannot write the CSV file");
+  }
+  if (!plot_path.empty()) {
+    if (plot_path.find_first_of("'\"\n\\") != std::string::npos) {
+      cli::fail("--plot: '" + plot_path +
+                "' has a quote, backslash or newline; choose another name");
+    }
+    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+      cli::fail(
+          "--plot: gnuplot is not installed (apt-get install gnuplot-nox); without --plot "
+          "the table and --csv need no gnuplot");
+    }
+  }
   if (model_path.empty()) model_path = cli::find_model_file("stories260K.bin", "--model");
   if (tokenizer_path.empty()) tokenizer_path = cli::find_model_file("tok512.bin", "--tokenizer");
 
   const LlamaWeights weights = cli::load_weights(model_path);
   const Tokenizer tokenizer = cli::load_tokenizer(tokenizer_path, weights.config.vocab_size);
+  try {
+    require_regular_file(text_path, "text");
+  } catch (const FileError& e) {
+    cli::fail(e.what());
+  }
   std::ifstream text_file(text_path, std::ios::binary);
   if (!text_file) cli::fail(text_path + ": cannot open the text file");
   const std::string text((std::istreambuf_iterator<char>(text_file)),
@@ -162,9 +188,17 @@ int main(int argc, char** argv) {
   if (text.empty()) cli::fail(text_path + ": the text file is empty");
   const std::vector<int> stream = encode_stream(tokenizer, text);
   const Index chunk_len = chunk > 0 ? chunk : weights.config.seq_len;
+  if (chunk_len > weights.config.seq_len) {
+    std::fprintf(stderr,
+                 "note: --chunk %lld is longer than the model's seq_len %lld; positions past it "
+                 "were never trained\n",
+                 static_cast<long long>(chunk_len), static_cast<long long>(weights.config.seq_len));
+  }
   Index n_chunks = chunk_count(static_cast<Index>(stream.size()), chunk_len);
   if (chunks > 0) n_chunks = std::min<Index>(n_chunks, chunks);
 
+  // A chunk never holds more than the stream plus BOS: no cache needs more states than that.
+  const Index max_tokens = std::min<Index>(chunk_len, static_cast<Index>(stream.size()) + 1);
   // Every model first, so that a bad option fails before any work.
   struct Run {
     msrnn::PolicyKind kind;
@@ -178,15 +212,16 @@ int main(int argc, char** argv) {
     }
     for (Index c : capacities) runs.push_back({kind, c});
   }
-  for (const Run& run : runs)
-    cli::make_model(weights, cache_flags.settings(run.kind, run.capacity));
+  for (const Run& run : runs) {
+    cli::make_model(weights, cache_flags.settings(run.kind, run.capacity), max_tokens);
+  }
 
   const bool progress = isatty(STDERR_FILENO) != 0;
   std::vector<Row> rows;
   std::printf("%-8s %9s %9s %10s %10s\n", "policy", "capacity", "tokens", "nll/token", "ppl");
   for (std::size_t r = 0; r < runs.size(); ++r) {
     LlamaModel model =
-        cli::make_model(weights, cache_flags.settings(runs[r].kind, runs[r].capacity));
+        cli::make_model(weights, cache_flags.settings(runs[r].kind, runs[r].capacity), max_tokens);
     double nll = 0.0;
     Index count = 0;
     const auto start = std::chrono::steady_clock::now();
@@ -225,4 +260,8 @@ int main(int argc, char** argv) {
     plot(plot_path, rows, model_name + " on " + text_name + ", chunk " + std::to_string(chunk_len));
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return engine::cli::guarded_main([&] { return run(argc, argv); });
 }

@@ -19,12 +19,12 @@ class Sampler {
 
   int sample(const msrnn::RowVector& logits) {
     msrnn::Index best = 0;
-    if (temperature_ == 0.0f) {
+    if (temperature_ == 0.0f || !logits.allFinite()) {
       logits.maxCoeff(&best);
       return static_cast<int>(best);
     }
-    probs_ = logits / temperature_;
-    probs_.array() = (probs_.array() - probs_.maxCoeff()).exp();
+    // exp((logit - max) / T): no overflow however small T is; the top token keeps probability > 0.
+    probs_.array() = ((logits.array() - logits.maxCoeff()) / temperature_).exp();
     probs_ /= probs_.sum();
     const float coin = random_float();
     if (topp_ <= 0.0f || topp_ >= 1.0f) {
@@ -40,6 +40,10 @@ class Sampler {
     order_.clear();
     for (msrnn::Index i = 0; i < probs_.size(); ++i) {
       if (probs_(i) >= cutoff) order_.emplace_back(probs_(i), static_cast<int>(i));
+    }
+    if (order_.empty()) {  // cannot happen with finite probabilities; greedy if it does
+      probs_.maxCoeff(&best);
+      return static_cast<int>(best);
     }
     std::sort(order_.begin(), order_.end(), [](auto& a, auto& b) { return a.first > b.first; });
     float mass = 0.0f;

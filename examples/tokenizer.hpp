@@ -1,7 +1,9 @@
 // llama2.c tokenizer files: loading, sentencepiece-style BPE encoding, decoding.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <queue>
@@ -25,6 +27,7 @@ class Tokenizer {
   /// FileError("<path>: <what>") for an empty, truncated or inconsistent file.
   Tokenizer(const std::string& path, Index vocab_size) {
     auto fail = [&](const std::string& what) -> void { throw FileError(path + ": " + what); };
+    require_regular_file(path, "tokenizer");
     std::ifstream file(path, std::ios::binary | std::ios::ate);
     if (!file) fail("cannot open the tokenizer file");
     const std::streamoff size = file.tellg();
@@ -57,6 +60,8 @@ class Tokenizer {
       std::int32_t length = 0;
       take(&scores_[i], 4, "a piece's score");
       take(&length, 4, "a piece's length");
+      if (!std::isfinite(scores_[i]))
+        fail("piece " + std::to_string(i) + " has a score that is not finite");
       if (length < 0 || length > max_length) {
         fail("piece " + std::to_string(i) + " has length " + std::to_string(length) +
              ", outside 0..max_token_length (" + std::to_string(max_length) + ")");
@@ -123,17 +128,14 @@ class Tokenizer {
     return found == ids_.end() ? kFirstByteToken + static_cast<unsigned char>(s[0]) : found->second;
   }
 
-  // Bytes of the UTF-8 code point starting at i; a stray or cut byte counts alone.
+  // Bytes of the "code point" starting at i, grouped as llama2.c does: one byte, then the
+  // continuation bytes (10xxxxxx) that follow it, four bytes at most. Valid UTF-8 gives code
+  // points; anything else falls back to its bytes when the group is not a piece.
   static std::size_t code_point_length(std::string_view text, std::size_t i) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    const std::size_t n = lead < 0x80           ? 1
-                          : (lead >> 5) == 0x6  ? 2
-                          : (lead >> 4) == 0xE  ? 3
-                          : (lead >> 3) == 0x1E ? 4
-                                                : 1;
-    if (i + n > text.size()) return 1;
-    for (std::size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return 1;
+    std::size_t n = 1;
+    while (n < 4 && i + n < text.size() &&
+           (static_cast<unsigned char>(text[i + n]) & 0xC0) == 0x80) {
+      ++n;
     }
     return n;
   }

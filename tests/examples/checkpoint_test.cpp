@@ -3,6 +3,7 @@
 #include "checkpoint.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -30,8 +32,13 @@ std::string bytes_of(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+// A file of this test process's own (ctest runs tests, and checkouts, side by side).
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "msrnn_" + std::to_string(getpid()) + "_" + name;
+}
+
 std::string write_temp(const std::string& name, const std::string& bytes) {
-  const std::string path = ::testing::TempDir() + "msrnn_" + name;
+  const std::string path = temp_path(name);
   std::ofstream(path, std::ios::binary) << bytes;
   return path;
 }
@@ -66,6 +73,28 @@ TEST(Checkpoint, LoadsStories260K) {
   EXPECT_EQ(w.config.seq_len, 512);
   EXPECT_TRUE(w.config.shared_classifier);
   EXPECT_EQ(w.classifier, w.embedding);
+}
+
+TEST(Checkpoint, LoadsASeparateClassifierAfterTheRopeTables) {
+  REQUIRE_SHARED_FILE(kModel);
+  // stories260K with vocab_size negated and a classifier (twice the embedding) appended.
+  std::string bytes = bytes_of(kModel);
+  std::int32_t vocab = 0;
+  std::memcpy(&vocab, &bytes[20], 4);
+  const std::int32_t negated = -vocab;
+  std::memcpy(&bytes[20], &negated, 4);
+  std::vector<float> classifier(static_cast<std::size_t>(vocab) * 64);
+  std::memcpy(classifier.data(), &bytes[28], classifier.size() * 4);
+  for (float& x : classifier) x *= 2.0f;
+  bytes.append(reinterpret_cast<const char*>(classifier.data()), classifier.size() * 4);
+  const LlamaWeights w = load_checkpoint(write_temp("separate.bin", bytes));
+  EXPECT_FALSE(w.config.shared_classifier);
+  EXPECT_EQ(w.config.vocab_size, 512);
+  EXPECT_NE(w.classifier, w.embedding);
+  for (std::size_t i = 0; i < classifier.size(); i += 997) {
+    EXPECT_EQ(w.at(w.classifier)[i], classifier[i]) << i;
+    EXPECT_EQ(w.at(w.embedding)[i] * 2.0f, classifier[i]) << i;
+  }
 }
 
 TEST(Checkpoint, RejectsBadFilesNamingTheProblem) {
@@ -128,6 +157,13 @@ TEST(Tokenizer, RejectsBadFilesNamingTheProblem) {
   EXPECT_TRUE(
       mentions(error_for("tok_wrong_vocab.bin", good, 400), "does not match a vocabulary of 400"));
   EXPECT_TRUE(mentions(error_for("tok_too_big_vocab.bin", good, 600), "truncated"));
+  std::string nan_score = good;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::memcpy(&nan_score[4], &nan, 4);  // piece 0's score
+  EXPECT_TRUE(
+      mentions(error_for("tok_nan.bin", nan_score), "piece 0 has a score that is not finite"));
+  EXPECT_TRUE(mentions(file_error([] { Tokenizer t(::testing::TempDir(), 512); }),
+                       "is not a regular file"));
 }
 
 }  // namespace
@@ -145,7 +181,7 @@ struct Outcome {
 
 // Runs a tool with arguments; its exit status and what it wrote to stderr.
 Outcome run_tool(const std::string& tool, const std::string& args) {
-  const std::string err_path = ::testing::TempDir() + "msrnn_cli_stderr.txt";
+  const std::string err_path = temp_path("cli_stderr.txt");
   const std::string command = tool + " " + args + " > /dev/null 2> " + err_path;
   const int raw = std::system(command.c_str());
   return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, bytes_of(err_path)};
@@ -190,6 +226,12 @@ TEST(CommandLine, ToolsRejectBadInputWithOneErrorLineAndStatus2) {
   expect_rejected(generate, files + " --positions sideways", "--positions: 'sideways'");
   expect_rejected(generate, files + " --bogus 1", "unknown flag '--bogus'");
   expect_rejected(generate, files + " --steps", "--steps needs a value");
+  expect_rejected(generate, "--model " + kModel + " --tokenizer " + ::testing::TempDir(),
+                  "is not a regular file");
+  expect_rejected(perplexity, files + " --text " + ::testing::TempDir(), "is not a regular file");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --policy full,", "empty item");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --csv /nonexistent/x.csv",
+                  "cannot write");
   expect_rejected(perplexity, files, "--text FILE is required");
   expect_rejected(perplexity, files + " --text /nonexistent.txt", "/nonexistent.txt: cannot open");
   expect_rejected(perplexity, files + " --text " + empty_text, "is empty");
@@ -199,11 +241,30 @@ TEST(CommandLine, ToolsRejectBadInputWithOneErrorLineAndStatus2) {
   expect_rejected(perplexity, files + " --text " + kTokenizer + " --chunk 1", "--chunk: '1'");
 }
 
+TEST(CommandLine, ExtremeButValidSettingsWork) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kTokenizer);
+  const std::string files = " --model " + kModel + " --tokenizer " + kTokenizer;
+  // A capacity far beyond what the run can hold allocates only what it can hold.
+  EXPECT_EQ(
+      run_tool(MSRNN_GENERATE_BIN, files + " --policy tova --capacity 1000000000000 --steps 20")
+          .status,
+      0);
+  // A temperature so small that logits / T overflows.
+  EXPECT_EQ(run_tool(MSRNN_GENERATE_BIN, files + " --temperature 1e-38 --steps 20 --seed 5").status,
+            0);
+  // A bounded cache runs past the model's context (512).
+  const Outcome long_run =
+      run_tool(MSRNN_GENERATE_BIN, files + " --policy sink --capacity 32 --steps 700 --seed 7");
+  EXPECT_EQ(long_run.status, 0) << long_run.err;
+  EXPECT_TRUE(mentions(long_run.err, "capacity 32"));
+}
+
 TEST(CommandLine, PerplexityWritesItsCsv) {
   REQUIRE_SHARED_FILE(kModel);
   const std::string text = shared_path("texts/TinyStories-valid.head30k.txt");
   REQUIRE_SHARED_FILE(text);
-  const std::string csv = ::testing::TempDir() + "msrnn_ppl.csv";
+  const std::string csv = temp_path("ppl.csv");
   const Outcome o =
       run_tool(MSRNN_PERPLEXITY_BIN, "--model " + kModel + " --tokenizer " + kTokenizer +
                                          " --text " + text + " --chunks 2 --chunk 128" +

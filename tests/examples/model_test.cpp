@@ -102,7 +102,16 @@ TEST(LlamaModel, PerTokenLossesOfEveryPolicyEqualTheMaskSimulatedReference) {
       SCOPED_TRACE(std::string(msrnn::policy_name(kind)) + " " + msrnn::to_string(positions));
       const CacheSettings s = settings(kind, capacity, positions);
       LlamaModel model(weights, s);
-      const std::vector<double> got = token_losses(model, tokens);
+      const std::vector<double> got = token_losses(model, tokens);  // prompt path
+      std::vector<double> decoded;  // decode path: one token at a time, as msrnn-generate
+      model.reset();
+      for (std::size_t t = 0; t + 1 < tokens.size(); ++t) {
+        const RowVector& logits = model.forward(tokens[t]);
+        const double top = logits.maxCoeff();
+        double sum = 0.0;
+        for (Index v = 0; v < logits.size(); ++v) sum += std::exp(double{logits(v)} - top);
+        decoded.push_back(top + std::log(sum) - logits(tokens[t + 1]));
+      }
 
       msrnn::CacheConfig config;
       config.n_layers = weights.config.n_layers;
@@ -125,6 +134,7 @@ TEST(LlamaModel, PerTokenLossesOfEveryPolicyEqualTheMaskSimulatedReference) {
         for (double x : logits) sum += std::exp(x - top);
         const double want = top + std::log(sum) - logits[static_cast<std::size_t>(tokens[t + 1])];
         ASSERT_NEAR(got[t], want, 2e-4) << "token " << t + 1;
+        ASSERT_NEAR(decoded[t], want, 2e-4) << "decode path, token " << t + 1;
       }
     }
   }
