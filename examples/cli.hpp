@@ -88,37 +88,6 @@ inline std::string find_model_file(const std::string& name, const char* flag) {
        "to download it)");
 }
 
-/// The flags both tools take for the cache: --sinks, --recent, --positions.
-struct CacheFlags {
-  Index sinks = msrnn::WindowPlusI{}.sinks;
-  Index recent = msrnn::H2O::kHalfCapacity;
-  msrnn::PositionMode positions = msrnn::PositionMode::absolute;
-
-  /// Consumes argv[i] (and its value) if it is one of these flags.
-  bool take(std::string_view flag, const std::string& value) {
-    if (flag == "--sinks") {
-      sinks = parse_int(flag, value, 0);
-    } else if (flag == "--recent") {
-      recent = parse_int(flag, value, 0);
-    } else if (flag == "--positions") {
-      positions = parse_positions(value);
-    } else {
-      return false;
-    }
-    return true;
-  }
-
-  CacheSettings settings(msrnn::PolicyKind kind, Index capacity) const {
-    CacheSettings s;
-    s.policy.kind = kind;
-    s.policy.sinks = sinks;
-    s.policy.recent = recent;
-    s.capacity = capacity;
-    s.positions = positions;
-    return s;
-  }
-};
-
 /// Loads the weights and tokenizer, turning a bad file into "error: <file>: <what>".
 inline LlamaWeights load_weights(const std::string& path) {
   try {
@@ -137,6 +106,78 @@ inline Tokenizer load_tokenizer(const std::string& path, Index vocab_size) {
     fail(e.what());
   }
 }
+
+/// A loaded checkpoint and its tokenizer.
+struct ModelFiles {
+  std::string model_path;
+  LlamaWeights weights;
+  Tokenizer tokenizer;
+};
+
+/// Walks "--flag value" pairs: --help prints `usage` and exits 0; a flag without a value, or one
+/// that `take(flag, value)` does not know (returns false), is an error.
+template <class Take>
+void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(usage, stdout);
+      std::exit(0);
+    }
+    if (i + 1 >= argc) fail(std::string(flag) + " needs a value (see --help)");
+    const std::string value = argv[++i];
+    if (!take(flag, value)) fail("unknown flag '" + std::string(flag) + "' (see --help)");
+  }
+}
+
+/// The flags both tools take: --model, --tokenizer, and for the cache --sinks, --recent,
+/// --positions.
+struct CommonFlags {
+  std::string model_path;      // empty: stories260K.bin, found by find_model_file
+  std::string tokenizer_path;  // empty: tok512.bin, likewise
+  Index sinks = msrnn::WindowPlusI{}.sinks;
+  Index recent = msrnn::H2O::kHalfCapacity;
+  msrnn::PositionMode positions = msrnn::PositionMode::absolute;
+
+  /// Takes the flag if it is one of these.
+  bool take(std::string_view flag, const std::string& value) {
+    if (flag == "--model") {
+      model_path = value;
+    } else if (flag == "--tokenizer") {
+      tokenizer_path = value;
+    } else if (flag == "--sinks") {
+      sinks = parse_int(flag, value, 0);
+    } else if (flag == "--recent") {
+      recent = parse_int(flag, value, 0);
+    } else if (flag == "--positions") {
+      positions = parse_positions(value);
+    } else {
+      return false;
+    }
+    return true;
+  }
+
+  /// The checkpoint and tokenizer the flags name (or the defaults, found by find_model_file).
+  ModelFiles load_model_files() const {
+    const std::string model =
+        model_path.empty() ? find_model_file("stories260K.bin", "--model") : model_path;
+    const std::string tok =
+        tokenizer_path.empty() ? find_model_file("tok512.bin", "--tokenizer") : tokenizer_path;
+    LlamaWeights weights = load_weights(model);
+    Tokenizer tokenizer = load_tokenizer(tok, weights.config.vocab_size);
+    return {model, std::move(weights), std::move(tokenizer)};
+  }
+
+  CacheSettings settings(msrnn::PolicyKind kind, Index capacity) const {
+    CacheSettings s;
+    s.policy.kind = kind;
+    s.policy.sinks = sinks;
+    s.policy.recent = recent;
+    s.capacity = capacity;
+    s.positions = positions;
+    return s;
+  }
+};
 
 /// Builds the model for sequences of at most `max_tokens` tokens, turning a bad cache option
 /// into "error: ...". The options are checked against the requested capacity C, but the cache

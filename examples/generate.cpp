@@ -38,25 +38,14 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
 }  // namespace
 
 int run(int argc, char** argv) {
-  std::string model_path, tokenizer_path, prompt;
+  std::string prompt;
   long long steps = 256, seed = 0, capacity = -1;  // -1: the model's seq_len
   double temperature = 1.0, topp = 0.9;
   msrnn::PolicyKind policy = msrnn::PolicyKind::full;
-  cli::CacheFlags cache_flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (i + 1 >= argc) cli::fail(std::string(flag) + " needs a value (see --help)");
-    const std::string value = argv[++i];
-    if (cache_flags.take(flag, value)) continue;
-    if (flag == "--model")
-      model_path = value;
-    else if (flag == "--tokenizer")
-      tokenizer_path = value;
-    else if (flag == "--prompt")
+  cli::CommonFlags common;
+  cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
+    if (common.take(flag, value)) return true;
+    if (flag == "--prompt")
       prompt = value;
     else if (flag == "--steps")
       steps = cli::parse_int(flag, value, 1);
@@ -71,13 +60,12 @@ int run(int argc, char** argv) {
     else if (flag == "--capacity")
       capacity = cli::parse_int(flag, value, 0);
     else
-      cli::fail("unknown flag '" + std::string(flag) + "' (see --help)");
-  }
-  if (model_path.empty()) model_path = cli::find_model_file("stories260K.bin", "--model");
-  if (tokenizer_path.empty()) tokenizer_path = cli::find_model_file("tok512.bin", "--tokenizer");
-
-  const LlamaWeights weights = cli::load_weights(model_path);
-  const Tokenizer tokenizer = cli::load_tokenizer(tokenizer_path, weights.config.vocab_size);
+      return false;
+    return true;
+  });
+  const cli::ModelFiles files = common.load_model_files();
+  const LlamaWeights& weights = files.weights;
+  const Tokenizer& tokenizer = files.tokenizer;
   if (policy == msrnn::PolicyKind::full && steps > weights.config.seq_len) {
     std::fprintf(stderr,
                  "note: --steps %lld is past the model's seq_len %lld; full stops there "
@@ -85,7 +73,7 @@ int run(int argc, char** argv) {
                  steps, static_cast<long long>(weights.config.seq_len));
     steps = weights.config.seq_len;
   }
-  LlamaModel model = cli::make_model(weights, cache_flags.settings(policy, capacity), steps);
+  LlamaModel model = cli::make_model(weights, common.settings(policy, capacity), steps);
   Sampler sampler(static_cast<float>(temperature), static_cast<float>(topp),
                   seed != 0 ? static_cast<std::uint64_t>(seed)
                             : static_cast<std::uint64_t>(

@@ -111,27 +111,16 @@ void plot(const std::string& path, const std::vector<Row>& rows, const std::stri
 }  // namespace
 
 int run(int argc, char** argv) {
-  std::string model_path, tokenizer_path, text_path, csv_path, plot_path;
+  std::string text_path, csv_path, plot_path;
   long long chunk = 0, chunks = 0;
   std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
                                              msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
                                              msrnn::PolicyKind::tova};
   std::vector<Index> capacities = {16, 32, 64, 128, 256};
-  cli::CacheFlags cache_flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (i + 1 >= argc) cli::fail(std::string(flag) + " needs a value (see --help)");
-    const std::string value = argv[++i];
-    if (cache_flags.take(flag, value)) continue;
-    if (flag == "--model")
-      model_path = value;
-    else if (flag == "--tokenizer")
-      tokenizer_path = value;
-    else if (flag == "--text")
+  cli::CommonFlags common;
+  cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
+    if (common.take(flag, value)) return true;
+    if (flag == "--text")
       text_path = value;
     else if (flag == "--csv")
       csv_path = value;
@@ -151,10 +140,10 @@ int run(int argc, char** argv) {
       for (const std::string& c : cli::parse_list(flag, value)) {
         capacities.push_back(cli::parse_int(flag, c, 0));
       }
-    } else {
-      cli::fail("unknown flag '" + std::string(flag) + "' (see --help)");
-    }
-  }
+    } else
+      return false;
+    return true;
+  });
   if (text_path.empty()) cli::fail("--text FILE is required (see --help)");
   // Outputs first: a bad --csv or --plot must not wait for the whole evaluation.
   if (!csv_path.empty() && !std::ofstream(csv_path)) {
@@ -171,11 +160,9 @@ int run(int argc, char** argv) {
           "the table and --csv need no gnuplot");
     }
   }
-  if (model_path.empty()) model_path = cli::find_model_file("stories260K.bin", "--model");
-  if (tokenizer_path.empty()) tokenizer_path = cli::find_model_file("tok512.bin", "--tokenizer");
-
-  const LlamaWeights weights = cli::load_weights(model_path);
-  const Tokenizer tokenizer = cli::load_tokenizer(tokenizer_path, weights.config.vocab_size);
+  const cli::ModelFiles files = common.load_model_files();
+  const LlamaWeights& weights = files.weights;
+  const Tokenizer& tokenizer = files.tokenizer;
   try {
     require_regular_file(text_path, "text");
   } catch (const FileError& e) {
@@ -213,7 +200,7 @@ int run(int argc, char** argv) {
     for (Index c : capacities) runs.push_back({kind, c});
   }
   for (const Run& run : runs) {
-    cli::make_model(weights, cache_flags.settings(run.kind, run.capacity), max_tokens);
+    cli::make_model(weights, common.settings(run.kind, run.capacity), max_tokens);
   }
 
   const bool progress = isatty(STDERR_FILENO) != 0;
@@ -221,7 +208,7 @@ int run(int argc, char** argv) {
   std::printf("%-8s %9s %9s %10s %10s\n", "policy", "capacity", "tokens", "nll/token", "ppl");
   for (std::size_t r = 0; r < runs.size(); ++r) {
     LlamaModel model =
-        cli::make_model(weights, cache_flags.settings(runs[r].kind, runs[r].capacity), max_tokens);
+        cli::make_model(weights, common.settings(runs[r].kind, runs[r].capacity), max_tokens);
     double nll = 0.0;
     Index count = 0;
     const auto start = std::chrono::steady_clock::now();
@@ -255,7 +242,7 @@ int run(int argc, char** argv) {
   }
   if (!csv_path.empty()) write_csv(csv_path, rows);
   if (!plot_path.empty()) {
-    std::string model_name = model_path.substr(model_path.find_last_of('/') + 1);
+    std::string model_name = files.model_path.substr(files.model_path.find_last_of('/') + 1);
     std::string text_name = text_path.substr(text_path.find_last_of('/') + 1);
     plot(plot_path, rows, model_name + " on " + text_name + ", chunk " + std::to_string(chunk_len));
   }
