@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <istream>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -93,20 +94,29 @@ inline std::string describe(const LlamaConfig& c) {
 
 /// Reads a llama2.c legacy checkpoint. Every header value and the file length are checked
 /// (overflow-safe) before any weight is read; a bad file throws FileError("<path>: <what>").
+inline LlamaWeights read_checkpoint(std::istream& file, std::uint64_t file_bytes,
+                                    const std::string& path);
+
 inline LlamaWeights load_checkpoint(const std::string& path) {
-  auto fail = [&](const std::string& what) -> void { throw FileError(path + ": " + what); };
   require_regular_file(path, "model");
   std::ifstream file(path, std::ios::binary | std::ios::ate);
-  if (!file) fail("cannot open the model file");
+  if (!file) throw FileError(path + ": cannot open the model file");
   const std::streamoff size = file.tellg();
-  if (size < 0) fail("cannot read the model file");
-  const auto file_bytes = static_cast<std::uint64_t>(size);
+  if (size < 0) throw FileError(path + ": cannot read the model file");
+  file.seekg(0);
+  return read_checkpoint(file, static_cast<std::uint64_t>(size), path);
+}
+
+/// The checkpoint in the first `file_bytes` bytes of `file` (named `path` in errors): what
+/// load_checkpoint does once the file is open. Reads nothing past the header unless it is valid.
+inline LlamaWeights read_checkpoint(std::istream& file, std::uint64_t file_bytes,
+                                    const std::string& path) {
+  auto fail = [&](const std::string& what) -> void { throw FileError(path + ": " + what); };
   if (file_bytes == 0) fail("the model file is empty");
   if (file_bytes < 28) {
     fail("the model file has " + std::to_string(file_bytes) +
          " bytes, fewer than the 28 of a llama2.c header");
   }
-  file.seekg(0);
   std::int32_t header[7];
   file.read(reinterpret_cast<char*>(header), sizeof(header));
   if (!file) fail("cannot read the header");

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -91,7 +92,14 @@ inline std::string find_model_file(const std::string& name, const char* flag) {
 /// Loads the weights and tokenizer, turning a bad file into "error: <file>: <what>".
 inline LlamaWeights load_weights(const std::string& path) {
   try {
-    return load_checkpoint(path);
+    LlamaWeights weights = load_checkpoint(path);
+    std::size_t bad = 0;
+    for (float x : weights.data) bad += std::isfinite(x) ? 0 : 1;
+    if (bad > 0) {
+      std::fprintf(stderr, "warning: %s: %zu weights are NaN or infinite; outputs will be too\n",
+                   path.c_str(), bad);
+    }
+    return weights;
   } catch (const FileError& e) {
     fail(e.what());
   } catch (const std::bad_alloc&) {

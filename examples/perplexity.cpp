@@ -63,6 +63,23 @@ void write_csv(const std::string& path, const std::vector<Row>& rows) {
   if (!out) cli::fail(path + ": cannot write the CSV file");
 }
 
+bool is_valid_utf8(const std::string& text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    const std::size_t n = lead < 0x80           ? 1
+                          : (lead >> 5) == 0x6  ? 2
+                          : (lead >> 4) == 0xE  ? 3
+                          : (lead >> 3) == 0x1E ? 4
+                                                : 0;
+    if (n == 0 || i + n > text.size()) return false;
+    for (std::size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
 // Text safe inside a gnuplot '...' string.
 std::string sanitized(std::string text) {
   for (char& c : text) {
@@ -173,6 +190,12 @@ int run(int argc, char** argv) {
   const std::string text((std::istreambuf_iterator<char>(text_file)),
                          std::istreambuf_iterator<char>());
   if (text.empty()) cli::fail(text_path + ": the text file is empty");
+  if (!is_valid_utf8(text)) {
+    std::fprintf(stderr,
+                 "note: %s is not valid UTF-8; byte fallback encodes the invalid bytes "
+                 "one token each\n",
+                 text_path.c_str());
+  }
   const std::vector<int> stream = encode_stream(tokenizer, text);
   const Index chunk_len = chunk > 0 ? chunk : weights.config.seq_len;
   if (chunk_len > weights.config.seq_len) {

@@ -1,6 +1,7 @@
 // llama2.c tokenizer files: loading, sentencepiece-style BPE encoding, decoding.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -26,17 +27,64 @@ class Tokenizer {
   /// max_token_length, then per piece float score, int32 length, bytes. Throws
   /// FileError("<path>: <what>") for an empty, truncated or inconsistent file.
   Tokenizer(const std::string& path, Index vocab_size) {
-    auto fail = [&](const std::string& what) -> void { throw FileError(path + ": " + what); };
     require_regular_file(path, "tokenizer");
     std::ifstream file(path, std::ios::binary | std::ios::ate);
-    if (!file) fail("cannot open the tokenizer file");
+    if (!file) throw FileError(path + ": cannot open the tokenizer file");
     const std::streamoff size = file.tellg();
-    if (size <= 0) fail("the tokenizer file is empty");
-    std::vector<char> bytes(static_cast<std::size_t>(size));
+    std::vector<char> bytes(static_cast<std::size_t>(std::max<std::streamoff>(size, 0)));
     file.seekg(0);
-    file.read(bytes.data(), size);
-    if (!file) fail("cannot read the tokenizer file");
+    file.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!file) throw FileError(path + ": cannot read the tokenizer file");
+    parse(bytes, vocab_size, path);
+  }
 
+  /// The tokenizer in `bytes` (the contents of a tokenizer file, named `name` in errors).
+  Tokenizer(const std::vector<char>& bytes, Index vocab_size, const std::string& name) {
+    parse(bytes, vocab_size, name);
+  }
+
+  Index vocab_size() const { return static_cast<Index>(pieces_.size()); }
+  const std::string& piece(int id) const { return pieces_[static_cast<std::size_t>(id)]; }
+
+  /// Encodes like llama2.c / sentencepiece: optional BOS, a dummy-prefix space, UTF-8 code points
+  /// looked up as pieces (byte fallback otherwise), then repeatedly the adjacent pair whose merged
+  /// piece scores best is merged (the leftmost on equal scores). O(n log n): a heap of pairs.
+  std::vector<int> encode(std::string_view text, bool bos) const {
+    std::vector<int> symbols;
+    if (!text.empty()) symbols.push_back(id_of(" "));
+    for (std::size_t i = 0; i < text.size();) {
+      const std::size_t n = code_point_length(text, i);
+      const auto found = ids_.find(std::string(text.substr(i, n)));
+      if (found != ids_.end()) {
+        symbols.push_back(found->second);
+      } else {
+        for (std::size_t b = 0; b < n; ++b) {
+          symbols.push_back(kFirstByteToken + static_cast<unsigned char>(text[i + b]));
+        }
+      }
+      i += n;
+    }
+    merge(symbols);
+    if (bos) symbols.insert(symbols.begin(), kBos);
+    return symbols;
+  }
+
+  /// The text of `token` following `previous`: byte pieces become their byte, and the leading
+  /// space of the first piece after BOS is dropped (the dummy prefix).
+  std::string decode(int previous, int token) const {
+    const std::string& p = piece(token);
+    if (token >= kFirstByteToken && token < kFirstByteToken + 256) {
+      return std::string(1, static_cast<char>(token - kFirstByteToken));
+    }
+    if (previous == kBos && !p.empty() && p[0] == ' ') return p.substr(1);
+    return p;
+  }
+
+ private:
+  // Reads the pieces and scores from the bytes of a tokenizer file, checking every length.
+  void parse(const std::vector<char>& bytes, Index vocab_size, const std::string& path) {
+    auto fail = [&](const std::string& what) -> void { throw FileError(path + ": " + what); };
+    if (bytes.empty()) fail("the tokenizer file is empty");
     std::size_t at = 0;
     auto take = [&](void* out, std::size_t n, const char* what) {
       if (bytes.size() - at < n) {
@@ -85,44 +133,6 @@ class Tokenizer {
     }
   }
 
-  Index vocab_size() const { return static_cast<Index>(pieces_.size()); }
-  const std::string& piece(int id) const { return pieces_[static_cast<std::size_t>(id)]; }
-
-  /// Encodes like llama2.c / sentencepiece: optional BOS, a dummy-prefix space, UTF-8 code points
-  /// looked up as pieces (byte fallback otherwise), then repeatedly the adjacent pair whose merged
-  /// piece scores best is merged (the leftmost on equal scores). O(n log n): a heap of pairs.
-  std::vector<int> encode(std::string_view text, bool bos) const {
-    std::vector<int> symbols;
-    if (!text.empty()) symbols.push_back(id_of(" "));
-    for (std::size_t i = 0; i < text.size();) {
-      const std::size_t n = code_point_length(text, i);
-      const auto found = ids_.find(std::string(text.substr(i, n)));
-      if (found != ids_.end()) {
-        symbols.push_back(found->second);
-      } else {
-        for (std::size_t b = 0; b < n; ++b) {
-          symbols.push_back(kFirstByteToken + static_cast<unsigned char>(text[i + b]));
-        }
-      }
-      i += n;
-    }
-    merge(symbols);
-    if (bos) symbols.insert(symbols.begin(), kBos);
-    return symbols;
-  }
-
-  /// The text of `token` following `previous`: byte pieces become their byte, and the leading
-  /// space of the first piece after BOS is dropped (the dummy prefix).
-  std::string decode(int previous, int token) const {
-    const std::string& p = piece(token);
-    if (token >= kFirstByteToken && token < kFirstByteToken + 256) {
-      return std::string(1, static_cast<char>(token - kFirstByteToken));
-    }
-    if (previous == kBos && !p.empty() && p[0] == ' ') return p.substr(1);
-    return p;
-  }
-
- private:
   int id_of(const std::string& s) const {
     const auto found = ids_.find(s);
     return found == ids_.end() ? kFirstByteToken + static_cast<unsigned char>(s[0]) : found->second;

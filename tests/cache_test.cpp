@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "test_util.hpp"
@@ -105,6 +107,38 @@ TEST(MultiStateCache, WrongShapesAndLayersThrowNamingTheArgument) {
   // A rejected call changes nothing.
   EXPECT_EQ(cache.size(0), 0);
   EXPECT_EQ(cache.tokens_seen(0), 0);
+}
+
+// The API contract (README, "API contract"): what never throws.
+static_assert(noexcept(std::declval<AnyCache&>().reset()));
+static_assert(noexcept(std::declval<const AnyCache&>().capacity()));
+static_assert(noexcept(std::declval<const AnyCache&>().slots()));
+static_assert(noexcept(std::declval<const AnyCache&>().state_bytes()));
+static_assert(noexcept(std::declval<const AnyCache&>().config()));
+static_assert(std::is_nothrow_move_constructible_v<AnyCache>);
+static_assert(!std::is_copy_constructible_v<AnyCache>);  // copies are explicit: copy()
+
+TEST(MultiStateCache, StepNeverThrowsWithValidArguments) {
+  for (PolicyKind kind : {PolicyKind::full, PolicyKind::window, PolicyKind::sink, PolicyKind::h2o,
+                          PolicyKind::tova}) {
+    for (PositionMode mode : {PositionMode::absolute, PositionMode::in_cache}) {
+      CacheConfig config = small_config(6, 3, 4, 5, 2);
+      config.rope = Rope(4);
+      config.positions = mode;
+      PolicyOptions options;
+      options.kind = kind;
+      AnyCache cache(config, make_policy(options));
+      RowMatrix out(6, 4), chunk_out(7, 24);
+      for (Index t = 0; t < 30; ++t) {
+        const auto s = static_cast<std::uint32_t>(t);
+        EXPECT_NO_THROW(cache.step(t % 2, random_matrix(6, 4, s), random_matrix(3, 4, s + 1),
+                                   random_matrix(3, 4, s + 2), out));
+      }
+      EXPECT_NO_THROW(cache.step_chunk(1, random_matrix(7, 24, 1), random_matrix(7, 12, 2),
+                                       random_matrix(7, 12, 3), chunk_out));
+      EXPECT_TRUE(out.allFinite() && chunk_out.allFinite());
+    }
+  }
 }
 
 TEST(MultiStateCache, StateBytesCountKeysAndValuesOfEverySlot) {

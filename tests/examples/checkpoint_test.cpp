@@ -232,6 +232,9 @@ TEST(CommandLine, ToolsRejectBadInputWithOneErrorLineAndStatus2) {
   expect_rejected(perplexity, files + " --text " + kTokenizer + " --policy full,", "empty item");
   expect_rejected(perplexity, files + " --text " + kTokenizer + " --csv /nonexistent/x.csv",
                   "cannot write");
+  const std::string absurd = write_temp(
+      "cli_absurd.bin", header_bytes({1 << 20, 172, 1 << 10, 8, 4, 512, 512}) + good.substr(28));
+  expect_rejected(generate, "--model " + absurd + " --tokenizer " + kTokenizer, "truncated");
   expect_rejected(perplexity, files, "--text FILE is required");
   expect_rejected(perplexity, files + " --text /nonexistent.txt", "/nonexistent.txt: cannot open");
   expect_rejected(perplexity, files + " --text " + empty_text, "is empty");
@@ -258,6 +261,26 @@ TEST(CommandLine, ExtremeButValidSettingsWork) {
       run_tool(MSRNN_GENERATE_BIN, files + " --policy sink --capacity 32 --steps 700 --seed 7");
   EXPECT_EQ(long_run.status, 0) << long_run.err;
   EXPECT_TRUE(mentions(long_run.err, "capacity 32"));
+}
+
+TEST(CommandLine, WarnsAboutNonFiniteWeightsAndNonUtf8Text) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kTokenizer);
+  std::string bytes = bytes_of(kModel);
+  const float inf = std::numeric_limits<float>::infinity();
+  std::memcpy(&bytes[28 + 4 * 100], &inf, 4);  // one embedding weight
+  const std::string model = write_temp("inf.bin", bytes);
+  const Outcome gen = run_tool(MSRNN_GENERATE_BIN, "--model " + model + " --tokenizer " +
+                                                       kTokenizer + " --steps 5 --seed 1");
+  EXPECT_EQ(gen.status, 0) << gen.err;
+  EXPECT_TRUE(mentions(gen.err, "warning: " + model + ": 1 weights are NaN or infinite"))
+      << gen.err;
+  const std::string text = write_temp("latin1.txt", "caf\xe9 au lait\n");
+  const Outcome ppl =
+      run_tool(MSRNN_PERPLEXITY_BIN, "--model " + kModel + " --tokenizer " + kTokenizer +
+                                         " --text " + text + " --policy window --capacity 4");
+  EXPECT_EQ(ppl.status, 0) << ppl.err;
+  EXPECT_TRUE(mentions(ppl.err, "is not valid UTF-8; byte fallback")) << ppl.err;
 }
 
 TEST(CommandLine, PerplexityWritesItsCsv) {
