@@ -18,7 +18,6 @@
 namespace engine {
 
 inline constexpr int kBos = 1;
-inline constexpr int kEos = 2;
 inline constexpr int kFirstByteToken = 3;  // <0x00>..<0xFF> are ids 3..258
 
 class Tokenizer {
