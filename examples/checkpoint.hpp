@@ -1,6 +1,8 @@
 // llama2.c checkpoints (legacy format): header, validation, weights.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -90,6 +92,42 @@ inline std::string describe(const LlamaConfig& c) {
          std::to_string(c.vocab_size) + ", seq_len " + std::to_string(c.seq_len);
 }
 
+// Sets the offsets of every tensor of w (w.config given) in the file's float payload, whose
+// size goes to `floats`; false if a size overflows 64 bits. The shared classifier is resolved
+// by the caller (it is the embedding).
+inline bool plan_layout(LlamaWeights& w, std::uint64_t& floats) {
+  const LlamaConfig& c = w.config;
+  const auto u = [](Index x) { return static_cast<std::uint64_t>(x); };
+  struct Part {
+    std::size_t* offset;
+    std::uint64_t a, b, c;  // a * b * c floats
+  };
+  const Part parts[] = {
+      {&w.embedding, u(c.vocab_size), u(c.dim), 1},
+      {&w.rms_att, u(c.n_layers), u(c.dim), 1},
+      {&w.wq, u(c.n_layers), u(c.dim), u(c.dim)},
+      {&w.wk, u(c.n_layers), u(c.kv_dim()), u(c.dim)},
+      {&w.wv, u(c.n_layers), u(c.kv_dim()), u(c.dim)},
+      {&w.wo, u(c.n_layers), u(c.dim), u(c.dim)},
+      {&w.rms_ffn, u(c.n_layers), u(c.dim), 1},
+      {&w.w1, u(c.n_layers), u(c.hidden_dim), u(c.dim)},
+      {&w.w2, u(c.n_layers), u(c.dim), u(c.hidden_dim)},
+      {&w.w3, u(c.n_layers), u(c.hidden_dim), u(c.dim)},
+      {&w.rms_final, u(c.dim), 1, 1},
+      {nullptr, u(c.seq_len), u(c.head_dim()),
+       1},  // the two RoPE tables, (seq_len, head_dim/2) each
+      {&w.classifier, c.shared_classifier ? 0 : u(c.vocab_size), u(c.dim), 1},
+  };
+  floats = 0;
+  bool ok = true;
+  for (const Part& part : parts) {
+    std::uint64_t ab = 0;
+    if (part.offset) *part.offset = static_cast<std::size_t>(floats);
+    ok = ok && mul_add(part.a, part.b, 0, ab) && mul_add(ab, part.c, floats, floats);
+  }
+  return ok;
+}
+
 }  // namespace detail
 
 /// Reads a llama2.c legacy checkpoint. Every header value and the file length are checked
@@ -154,44 +192,16 @@ inline LlamaWeights read_checkpoint(std::istream& file, std::uint64_t file_bytes
          " is odd; RoPE needs it even");
   }
 
-  // Expected payload, in floats, with every product checked.
-  const auto u = [](Index x) { return static_cast<std::uint64_t>(x); };
-  struct Part {
-    std::size_t* offset;
-    std::uint64_t a, b, c;  // a * b * c floats
-  };
   LlamaWeights w;
   w.config = c;
-  const Part parts[] = {
-      {&w.embedding, u(c.vocab_size), u(c.dim), 1},
-      {&w.rms_att, u(c.n_layers), u(c.dim), 1},
-      {&w.wq, u(c.n_layers), u(c.dim), u(c.dim)},
-      {&w.wk, u(c.n_layers), u(c.kv_dim()), u(c.dim)},
-      {&w.wv, u(c.n_layers), u(c.kv_dim()), u(c.dim)},
-      {&w.wo, u(c.n_layers), u(c.dim), u(c.dim)},
-      {&w.rms_ffn, u(c.n_layers), u(c.dim), 1},
-      {&w.w1, u(c.n_layers), u(c.hidden_dim), u(c.dim)},
-      {&w.w2, u(c.n_layers), u(c.dim), u(c.hidden_dim)},
-      {&w.w3, u(c.n_layers), u(c.hidden_dim), u(c.dim)},
-      {&w.rms_final, u(c.dim), 1, 1},
-      {nullptr, u(c.seq_len), u(c.head_dim()),
-       1},  // the two RoPE tables, (seq_len, head_dim/2) each
-      {&w.classifier, c.shared_classifier ? 0 : u(c.vocab_size), u(c.dim), 1},
-  };
   std::uint64_t floats = 0;
-  bool ok = true;
-  for (const Part& part : parts) {
-    std::uint64_t ab = 0;
-    if (part.offset) *part.offset = static_cast<std::size_t>(floats);
-    ok =
-        ok && detail::mul_add(part.a, part.b, 0, ab) && detail::mul_add(ab, part.c, floats, floats);
-  }
+  const bool ok = detail::plan_layout(w, floats);
   std::uint64_t expected = 0;
-  ok = ok && detail::mul_add(floats, 4, 28, expected);
-  if (!ok || expected != file_bytes) {
+  const bool fits = ok && detail::mul_add(floats, 4, 28, expected);
+  if (!fits || expected != file_bytes) {
     fail("the file has " + std::to_string(file_bytes) + " bytes, but its header (" +
          detail::describe(c) + ", " + (c.shared_classifier ? "shared" : "separate") +
-         " classifier) needs " + (ok ? std::to_string(expected) : std::string("more than 2^64")) +
+         " classifier) needs " + (fits ? std::to_string(expected) : std::string("more than 2^64")) +
          ": truncated, or not a llama2.c legacy checkpoint");
   }
   if (c.shared_classifier) w.classifier = w.embedding;
@@ -199,6 +209,35 @@ inline LlamaWeights read_checkpoint(std::istream& file, std::uint64_t file_bytes
   w.data.resize(static_cast<std::size_t>(floats));
   file.read(reinterpret_cast<char*>(w.data.data()), static_cast<std::streamsize>(floats * 4));
   if (!file) fail("cannot read the weights");
+  return w;
+}
+
+/// A randomly initialised model of the given shape (benchmarks: no file needed). Matrices are
+/// uniform with standard deviation 0.02, norms 1; the same seed gives the same weights.
+inline LlamaWeights random_weights(const LlamaConfig& config, std::uint64_t seed) {
+  LlamaWeights w;
+  w.config = config;
+  std::uint64_t floats = 0;
+  if (!detail::plan_layout(w, floats)) {
+    throw std::length_error("random_weights: " + detail::describe(config) + " overflows");
+  }
+  if (config.shared_classifier) w.classifier = w.embedding;
+  w.data.resize(static_cast<std::size_t>(floats));
+  std::uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& x : w.data) {  // xorshift64*, top 24 bits -> uniform in [-0.0346, 0.0346)
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    const auto bits = static_cast<std::uint32_t>((state * 0x2545F4914F6CDD1Dull) >> 40);
+    x = (static_cast<float>(bits) / 16777216.0f - 0.5f) * 0.0693f;
+  }
+  const Index dim = config.dim;
+  auto ones = [&](std::size_t offset, Index n) {
+    std::fill_n(w.data.begin() + static_cast<std::ptrdiff_t>(offset), n, 1.0f);
+  };
+  ones(w.rms_att, config.n_layers * dim);
+  ones(w.rms_ffn, config.n_layers * dim);
+  ones(w.rms_final, dim);
   return w;
 }
 

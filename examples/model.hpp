@@ -19,6 +19,7 @@ struct CacheSettings {
   msrnn::PolicyOptions policy;  // kind, sinks, recent, ...
   Index capacity = -1;          // C; -1 means the model's seq_len
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
+  Index threads = 1;  // threads that share the KV heads of a layer (CacheConfig::threads)
 };
 
 /// A Llama model (RMSNorm, RoPE, grouped-query attention, SwiGLU) over the weights of a
@@ -31,6 +32,8 @@ class LlamaModel {
 
   const LlamaConfig& config() const { return w_.config; }
   const msrnn::AnyCache& cache() const { return cache_; }
+  /// The KV state itself, e.g. to restore a saved one with `append`.
+  msrnn::AnyCache& cache() { return cache_; }
 
   /// Starts a new sequence.
   void reset() { cache_.reset(); }
@@ -63,6 +66,7 @@ class LlamaModel {
     config.capacity = s.capacity >= 0 ? s.capacity : c.seq_len;
     config.rope = msrnn::Rope(c.head_dim(), 10000.0, msrnn::RopeLayout::interleaved);
     config.positions = s.positions;
+    config.threads = s.threads;
     return config;
   }
 

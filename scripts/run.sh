@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
 build="$root/build/release"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMSRNN_BUILD_TESTS=OFF >/dev/null
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMSRNN_NATIVE=ON -DMSRNN_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)" --target msrnn-generate msrnn-perplexity msrnn-attention-layer
 
 tool=${1:-}

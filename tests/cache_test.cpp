@@ -79,7 +79,42 @@ TEST(CacheConfig, BadValuesThrowNamingTheParameterAndValue) {
   c = good;
   c.capacity = Index{1} << 60;
   EXPECT_TRUE(mentions(message(c), "2^62 bytes"));
+  c = good;
+  c.threads = 0;
+  EXPECT_TRUE(mentions(message(c), "threads = 0"));
   EXPECT_EQ(message(good), "");
+}
+
+TEST(MultiStateCache, AppendRejectsWhatDoesNotFitOrGoesBackwards) {
+  MultiStateCache<Window> cache(small_config(4, 2, 8, 4));
+  const RowMatrix kv = testing::random_matrix(5, 16, 3);
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.append(0, kv, kv); }),
+                       "k.rows() = 5: must fit in the free capacity (4 of 4)"));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] {
+                         cache.append(0, kv.topRows(2), kv.topRows(2), {3, 3});
+                       }),
+                       "positions = 3: must be ascending"));
+  EXPECT_TRUE(mentions(
+      invalid_argument_message([&] { cache.append(0, kv.topRows(2), kv.topRows(2), {1}); }),
+      "positions.size() = 1"));
+  EXPECT_TRUE(
+      mentions(invalid_argument_message([&] { cache.append(0, kv, kv.leftCols(8)); }), "v = 5x8"));
+  EXPECT_EQ(cache.size(0), 0);  // a rejected call changes nothing
+  cache.append(0, kv.topRows(2), kv.topRows(2), {10, 40});
+  EXPECT_EQ(cache.kept_positions(0, 1), (std::vector<Index>{10, 40}));
+  EXPECT_EQ(cache.tokens_seen(0), 41);
+  EXPECT_TRUE(mentions(
+      invalid_argument_message([&] { cache.append(0, kv.topRows(1), kv.topRows(1), {40}); }),
+      "at least tokens_seen (41)"));
+  EXPECT_TRUE(mentions(
+      invalid_argument_message([&] { cache.append(0, kv.topRows(1), kv.topRows(1), {50}, 50); }),
+      "seen = 50: must be at least the last position + 1 (51)"));
+  cache.append(0, kv.topRows(2), kv.topRows(2), {}, 45);  // the newest 2 were dropped
+  EXPECT_EQ(cache.kept_positions(0, 0), (std::vector<Index>{10, 40, 41, 42}));
+  EXPECT_EQ(cache.tokens_seen(0), 45);
+  EXPECT_TRUE(
+      mentions(invalid_argument_message([&] { cache.append(0, kv.topRows(1), kv.topRows(1)); }),
+               "(0 of 4)"));
 }
 
 TEST(MultiStateCache, WrongShapesAndLayersThrowNamingTheArgument) {

@@ -70,20 +70,23 @@ TEST(NoAllocation, BoundedStepsNeverAllocate) {
       for (PositionMode mode : {PositionMode::absolute, PositionMode::in_cache}) {
         for (PolicyKind kind :
              {PolicyKind::window, PolicyKind::sink, PolicyKind::h2o, PolicyKind::tova}) {
-          CacheConfig config = small_config(8, n_kv, head_dim, 300, 2);
-          config.rope = Rope(head_dim);
-          config.positions = mode;
-          PolicyOptions options;
-          options.kind = kind;
-          AnyCache cache(config, make_policy(options));
-          const Index tokens = 320;
-          const RowMatrix q = random_matrix(tokens, 8 * head_dim, 1);
-          const RowMatrix k = random_matrix(tokens, n_kv * head_dim, 2);
-          const RowMatrix v = random_matrix(tokens, n_kv * head_dim, 3);
-          EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens), 0)
-              << policy_name(kind) << " head_dim " << head_dim << " n_kv " << n_kv << " "
-              << to_string(mode);
-          EXPECT_EQ(cache.size(1), 300);
+          for (Index threads : {1, 2}) {  // the workers must not allocate either
+            CacheConfig config = small_config(8, n_kv, head_dim, 300, 2);
+            config.rope = Rope(head_dim);
+            config.positions = mode;
+            config.threads = threads;
+            PolicyOptions options;
+            options.kind = kind;
+            AnyCache cache(config, make_policy(options));
+            const Index tokens = 320;
+            const RowMatrix q = random_matrix(tokens, 8 * head_dim, 1);
+            const RowMatrix k = random_matrix(tokens, n_kv * head_dim, 2);
+            const RowMatrix v = random_matrix(tokens, n_kv * head_dim, 3);
+            EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens), 0)
+                << policy_name(kind) << " head_dim " << head_dim << " n_kv " << n_kv << " "
+                << to_string(mode) << " threads " << threads;
+            EXPECT_EQ(cache.size(1), 300);
+          }
         }
       }
     }

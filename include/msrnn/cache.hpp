@@ -14,6 +14,7 @@
 
 #include "msrnn/attention.hpp"
 #include "msrnn/detail/check.hpp"
+#include "msrnn/detail/fork_join.hpp"
 #include "msrnn/detail/select_victim.hpp"
 #include "msrnn/policy.hpp"
 #include "msrnn/rope.hpp"
@@ -40,6 +41,11 @@ struct CacheConfig {
   /// Most tokens `step_chunk` puts through one matrix product. Fewer go when their attention
   /// probabilities would pass 32 MiB of scratch (long contexts).
   Index max_chunk = 256;
+  /// Threads that share the KV heads of a layer in `step` and `step_chunk`: the calling thread
+  /// and threads - 1 workers the cache starts once and owns. Outputs and kept states are the same
+  /// bit for bit for any number; more threads than KV heads leave the extra ones idle. Each thread
+  /// has its own scratch (attention probabilities; up to 32 MiB during a long `step_chunk`).
+  Index threads = 1;
 };
 
 /// The KV cache of a decoder-only transformer as the multi-state of a bounded RNN
@@ -81,6 +87,8 @@ class MultiStateCache {
     require(config.head_dim >= 1, "head_dim", config.head_dim, "must be at least 1");
     require(config.capacity >= 1, "capacity", config.capacity, "must be at least 1");
     require(config.max_chunk >= 1, "max_chunk", config.max_chunk, "must be at least 1");
+    require(config.threads >= 1, "threads", config.threads, "must be at least 1");
+    require(config.threads <= 1024, "threads", config.threads, "must be at most 1024");
     if (config.rope) {
       require(config.rope->head_dim() == config.head_dim, "rope.head_dim", config.rope->head_dim(),
               "must equal head_dim (" + std::to_string(config.head_dim) + ")");
@@ -120,6 +128,8 @@ class MultiStateCache {
     keys_.resize(static_cast<std::size_t>(config.n_layers * config.n_kv_heads));
     values_.resize(keys_.size());
     q_.resize(config.n_q_heads, config.head_dim);
+    workers_ = detail::ForkJoin(std::min(config.threads, config.n_kv_heads));
+    scratch_.resize(static_cast<std::size_t>(workers_.threads()));
     if (config.rope) {
       cos_.resize(static_cast<std::size_t>(config.head_dim / 2));
       sin_.resize(cos_.size());
@@ -174,6 +184,59 @@ class MultiStateCache {
     check_shape("v", v.rows(), v.cols(), t, config_.n_kv_heads * config_.head_dim);
     check_shape("out", out.rows(), out.cols(), t, config_.n_q_heads * config_.head_dim);
     dispatch([&](auto& p) { chunk(p, layer, q, k, v, out); });
+  }
+
+  /// Appends t states to `layer` without attending: keys and values computed elsewhere (the
+  /// engine's own prefill kernel, a saved session). Token i gets positions[i]: ascending, from
+  /// tokens_seen(layer) on (gaps stand for tokens dropped before); empty `positions` means the next
+  /// t positions. tokens_seen becomes `seen` if given (a restored state whose newest tokens were
+  /// evicted), else the last position + 1. No output is computed; the new
+  /// states' scores start at 0, as a stepped token's do before its own step scores it. They must
+  /// fit: t <= capacity() - size(layer) (Full grows).
+  ///   k (t, n_kv_heads * head_dim)  as `step_chunk` takes them (without positions when the cache
+  ///                                 owns a rope: it encodes them at positions[i])
+  ///   v (t, n_kv_heads * head_dim)
+  /// Throws std::invalid_argument naming what is wrong (shape, positions, room).
+  void append(Index layer, const Eigen::Ref<const RowMatrix>& k,
+              const Eigen::Ref<const RowMatrix>& v, const std::vector<Index>& positions = {},
+              std::optional<Index> seen = std::nullopt) {
+    check_layer(layer);
+    const Index t = k.rows();
+    const Index width = config_.n_kv_heads * config_.head_dim;
+    check_shape("k", k.rows(), k.cols(), t, width);
+    check_shape("v", v.rows(), v.cols(), t, width);
+    LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    detail::require(positions.empty() || static_cast<Index>(positions.size()) == t,
+                    "positions.size()", positions.size(),
+                    "must be 0 or the number of rows of k (" + std::to_string(t) + ")");
+    for (std::size_t i = 0; i < positions.size(); ++i) {
+      const Index after = i == 0 ? state.seen : positions[i - 1] + 1;
+      detail::require(positions[i] >= after, "positions", positions[i],
+                      "must be ascending and at least tokens_seen (" + std::to_string(after) + ")");
+    }
+    const Index next = positions.empty() ? state.seen + t : positions.back() + 1;
+    detail::require(!seen || *seen >= next, "seen", seen.value_or(0),
+                    "must be at least the last position + 1 (" + std::to_string(next) + ")");
+    detail::require(capacity_ == kUnbounded || t <= capacity_ - state.held, "k.rows()", t,
+                    "must fit in the free capacity (" + std::to_string(capacity_ - state.held) +
+                        " of " + std::to_string(capacity_) + ")");
+    if (capacity_ == kUnbounded) reserve(state.held + t);
+    for (Index i = 0; i < t; ++i) {
+      const Index slot = state.held + i;
+      const Index position =
+          positions.empty() ? state.seen + i : positions[static_cast<std::size_t>(i)];
+      if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
+      for (Index g = 0; g < config_.n_kv_heads; ++g) {
+        // No eviction yet when there is room, so the held states fill [0, held).
+        assert(state.free_slot[static_cast<std::size_t>(g)] == state.held);
+        insert(state, layer, g, slot, position, slot, row_data(k, i) + g * config_.head_dim,
+               row_data(v, i) + g * config_.head_dim);
+      }
+    }
+    state.seen = seen.value_or(next);
+    if (t == 0) return;  // (a full cache's free slot may be anywhere)
+    state.held += t;
+    std::fill(state.free_slot.begin(), state.free_slot.end(), state.held);
   }
 
   /// Forgets every state of every layer (a new sequence); keeps the storage.
@@ -301,10 +364,12 @@ class MultiStateCache {
       layer.rank.rightCols(slots - old).setZero();
       layer.score.rightCols(slots - old).setZero();
     }
-    probs_.resize(group_, padded(slots));
+    for (Scratch& scratch : scratch_) {
+      scratch.probs.resize(group_, padded(slots));
+      if (rotates_in_cache()) scratch.keys_rotated.resize(slots, d);
+    }
     layer_score_.resize(slots);
     if (rotates_in_cache()) {
-      keys_rotated_.resize(slots, d);
       const Index old = rank_cos_.rows();
       rank_cos_.conservativeResize(slots, d / 2);
       rank_sin_.conservativeResize(slots, d / 2);
@@ -350,15 +415,16 @@ class MultiStateCache {
 
   // The keys KV head g attends over: the stored rows [0, live), or in in_cache mode those rows
   // rotated at their rank among the kept states.
-  const RowMatrix& attended_keys(const LayerState& state, Index layer, Index g, Index live) {
+  const RowMatrix& attended_keys(const LayerState& state, Index layer, Index g, Index live,
+                                 RowMatrix& rotated) const noexcept {
     const RowMatrix& stored = keys_[head_index(layer, g)];
     if (!rotates_in_cache()) return stored;
     for (Index slot = 0; slot < live; ++slot) {
       const Index rank = state.rank(g, slot);
-      keys_rotated_.row(slot) = stored.row(slot);
-      config_.rope->rotate(&keys_rotated_(slot, 0), &rank_cos_(rank, 0), &rank_sin_(rank, 0));
+      rotated.row(slot) = stored.row(slot);
+      config_.rope->rotate(&rotated(slot, 0), &rank_cos_(rank, 0), &rank_sin_(rank, 0));
     }
-    return keys_rotated_;
+    return rotated;
   }
 
   template <class P>
@@ -368,69 +434,72 @@ class MultiStateCache {
     LayerState& state = layers_[static_cast<std::size_t>(layer)];
     if constexpr (!P::kEvicts) reserve(state.held + 1);
     const Index position = state.seen;
+    const Index live = state.held + 1;  // the kept states plus the new one
     if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
+    const bool over = P::kEvicts && live > capacity_;
+    const bool evict_per_head = over && policy.per_head();
 
-    // 1. insert into the free slot of every KV head
-    for (Index g = 0; g < config_.n_kv_heads; ++g) {
-      insert(state, layer, g, state.free_slot[static_cast<std::size_t>(g)], position, state.held,
-             row_data(k, g), row_data(v, g));
-    }
-    ++state.held;
-    ++state.seen;
-    const Index live = state.held;
-    // Until an eviction says otherwise, the next token goes to the first unused slot.
-    std::fill(state.free_slot.begin(), state.free_slot.end(), live);
-
-    // 2. attend over the kept states plus the new one; 3. let the policy score them
-    q_ = q;
-    for (Index h = 0; h < config_.n_q_heads; ++h) encode_query(&q_(h, 0), live - 1);
-    for (Index g = 0; g < config_.n_kv_heads; ++g) {
-      const RowMatrix& keys = attended_keys(state, layer, g, live);
-      attend(q_.middleRows(g * group_, group_), keys.topRows(live),
-             values_[head_index(layer, g)].topRows(live), scale_,
-             probs_.topLeftCorner(group_, live), out.middleRows(g * group_, group_));
-      if constexpr (P::kNeedsProbabilities) {
-        policy.observe(g, probs_.topLeftCorner(group_, live), 1, state.score.row(g).head(live));
+    // Per KV head, the heads split across threads: 1. insert into the free slot; 2. attend with
+    // its query heads over the kept states plus the new one; 3. let the policy score them; a
+    // per-head policy also chooses its victim here. Each head writes only its own rows.
+    auto head_step = [&](Index g, Index worker) noexcept {
+      Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
+      const auto gi = static_cast<std::size_t>(g);
+      insert(state, layer, g, state.free_slot[gi], position, live - 1, row_data(k, g),
+             row_data(v, g));
+      state.free_slot[gi] = live;  // until an eviction says otherwise
+      for (Index h = g * group_; h < (g + 1) * group_; ++h) {
+        q_.row(h) = q.row(h);
+        encode_query(&q_(h, 0), live - 1);
       }
-    }
+      const RowMatrix& keys = attended_keys(state, layer, g, live, scratch.keys_rotated);
+      auto probs = scratch.probs.topLeftCorner(group_, live);
+      attend(q_.middleRows(g * group_, group_), keys.topRows(live),
+             values_[head_index(layer, g)].topRows(live), scale_, probs,
+             out.middleRows(g * group_, group_));
+      if constexpr (P::kNeedsProbabilities) {
+        policy.observe(g, probs, 1, state.score.row(g).head(live));
+      }
+      if (evict_per_head) {
+        remove(state, g,
+               detail::select_victim(policy, &state.score(g, 0), &state.position(g, 0), live,
+                                     position),
+               live);
+      }
+    };
+    workers_.run(config_.n_kv_heads, head_step);
+    state.held = live;
+    state.seen = position + 1;
 
     // 4. evict down to C
-    if constexpr (P::kEvicts) {
-      if (state.held > capacity_) evict(policy, state);
+    if (over) {
+      if (!evict_per_head) evict_per_layer(policy, state, live);
+      --state.held;
     }
   }
 
+  // One victim for the whole layer, the same slot in every KV head (their slots stay aligned).
   template <class P>
-  void evict(const P& policy, LayerState& state) noexcept {
-    const Index live = state.held;
-    const Index newest = state.seen - 1;
-    if (policy.per_head()) {
-      for (Index g = 0; g < config_.n_kv_heads; ++g) {
-        remove(
-            state, g,
-            detail::select_victim(policy, &state.score(g, 0), &state.position(g, 0), live, newest));
+  void evict_per_layer(const P& policy, LayerState& state, Index live) noexcept {
+    const float* score = &state.score(0, 0);
+    if constexpr (P::kNeedsProbabilities) {
+      if (config_.n_kv_heads > 1) {
+        layer_score_.head(live).noalias() = state.score.leftCols(live).colwise().sum();
+        score = layer_score_.data();
       }
-    } else {
-      const float* score = &state.score(0, 0);
-      if constexpr (P::kNeedsProbabilities) {
-        if (config_.n_kv_heads > 1) {
-          layer_score_.head(live).noalias() = state.score.leftCols(live).colwise().sum();
-          score = layer_score_.data();
-        }
-      }
-      const Index victim =
-          detail::select_victim(policy, score, &state.position(0, 0), live, newest);
-      for (Index g = 0; g < config_.n_kv_heads; ++g) remove(state, g, victim);
     }
-    --state.held;
+    const Index victim =
+        detail::select_victim(policy, score, &state.position(0, 0), live, state.seen - 1);
+    for (Index g = 0; g < config_.n_kv_heads; ++g) remove(state, g, victim, live);
   }
 
-  // Frees `slot` of KV head g; the ranks above the evicted one move down.
-  void remove(LayerState& state, Index g, Index slot) noexcept {
-    assert(slot >= 0 && slot < state.held);
+  // Frees `slot` of KV head g, one of the `live` held slots; the ranks above the evicted one move
+  // down.
+  void remove(LayerState& state, Index g, Index slot, Index live) noexcept {
+    assert(slot >= 0 && slot < live);
     if (rotates_in_cache()) {
       const Index gone = state.rank(g, slot);
-      for (Index j = 0; j < state.held; ++j) {
+      for (Index j = 0; j < live; ++j) {
         if (state.rank(g, j) > gone) --state.rank(g, j);
       }
     }
@@ -482,10 +551,13 @@ class MultiStateCache {
     assert(live <= slots_);
     if (chunk_q_.rows() < config_.n_q_heads * n) {
       chunk_q_.resize(config_.n_q_heads * n, d);  // (n_kv_heads * rows, head_dim)
-      chunk_out_.resize(rows, d);                 // (rows, head_dim)
     }
-    if (chunk_probs_.rows() < rows || chunk_probs_.cols() < live) {
-      chunk_probs_.resize(std::max(rows, chunk_probs_.rows()), padded(live));  // (rows, >= live)
+    for (Scratch& scratch : scratch_) {
+      if (scratch.chunk_out.rows() < rows) scratch.chunk_out.resize(rows, d);  // (rows, head_dim)
+      if (scratch.chunk_probs.rows() < rows || scratch.chunk_probs.cols() < live) {
+        scratch.chunk_probs.resize(std::max(rows, scratch.chunk_probs.rows()),
+                                   padded(live));  // (rows, >= live)
+      }
     }
 
     for (Index i = 0; i < n; ++i) {
@@ -507,20 +579,24 @@ class MultiStateCache {
     state.seen += n;
     std::fill(state.free_slot.begin(), state.free_slot.end(), live);
 
-    for (Index g = 0; g < config_.n_kv_heads; ++g) {
-      const RowMatrix& keys = attended_keys(state, layer, g, live);
+    // Per KV head, the heads split across threads; each writes only its own columns of out.
+    auto head_prefill = [&](Index g, Index worker) noexcept {
+      Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
+      const RowMatrix& keys = attended_keys(state, layer, g, live, scratch.keys_rotated);
+      auto probs = scratch.chunk_probs.topLeftCorner(rows, live);
       attend_causal(chunk_q_.middleRows(g * rows, rows), keys.topRows(live),
-                    values_[head_index(layer, g)].topRows(live), scale_, before, group_,
-                    chunk_probs_.topLeftCorner(rows, live), chunk_out_.topRows(rows));
+                    values_[head_index(layer, g)].topRows(live), scale_, before, group_, probs,
+                    scratch.chunk_out.topRows(rows));
       for (Index i = 0; i < n; ++i) {
         for (Index r = 0; r < group_; ++r) {
-          out.row(i).segment((g * group_ + r) * d, d) = chunk_out_.row(i * group_ + r);
+          out.row(i).segment((g * group_ + r) * d, d) = scratch.chunk_out.row(i * group_ + r);
         }
       }
       if constexpr (P::kNeedsProbabilities) {
-        policy.observe(g, chunk_probs_.topLeftCorner(rows, live), n, state.score.row(g).head(live));
+        policy.observe(g, probs, n, state.score.row(g).head(live));
       }
-    }
+    };
+    workers_.run(config_.n_kv_heads, head_prefill);
   }
 
   CacheConfig config_;
@@ -534,19 +610,25 @@ class MultiStateCache {
   std::vector<RowMatrix> keys_;     // [layer * n_kv_heads + g]: (slots, head_dim)
   std::vector<RowMatrix> values_;   // [layer * n_kv_heads + g]: (slots, head_dim)
 
-  // Scratch, sized at construction (and when Full grows): the decode step never allocates.
+  // Scratch of one thread. The decode part is sized at construction (and when Full grows), so
+  // `step` never allocates; the chunk part grows on first use.
+  struct Scratch {
+    RowMatrix probs;         // (group, slots) attention probabilities of one KV head
+    RowMatrix keys_rotated;  // (slots, head_dim) in_cache: keys rotated at their rank
+    RowMatrix chunk_probs;   // (group * t, >= live), rows a multiple of 16 floats long
+    RowMatrix chunk_out;     // (group * t, head_dim)
+  };
+
+  detail::ForkJoin workers_;      // the threads that share the KV heads of a layer
+  std::vector<Scratch> scratch_;  // (threads)
+  // Shared scratch, written before the heads split or after they join (or per head's rows).
   RowMatrix q_;             // (n_q_heads, head_dim) queries with positions encoded
-  RowMatrix probs_;         // (group, slots) attention probabilities of one KV head
   RowVector layer_score_;   // (slots) per-layer policies: scores summed over KV heads
-  RowMatrix keys_rotated_;  // (slots, head_dim) in_cache: keys rotated at their rank
   RowMatrix rank_cos_;      // (slots, head_dim / 2) in_cache: angles of each rank
   RowMatrix rank_sin_;      // (slots, head_dim / 2)
   std::vector<float> cos_;  // (head_dim / 2) absolute: angles of the current position
   std::vector<float> sin_;  // (head_dim / 2)
-  // Scratch of step_chunk, grown on first use.
-  RowMatrix chunk_q_;      // (n_q_heads * t, head_dim) queries grouped by KV head
-  RowMatrix chunk_probs_;  // (group * t, >= live), rows a multiple of 16 floats long
-  RowMatrix chunk_out_;    // (group * t, head_dim)
+  RowMatrix chunk_q_;       // (n_q_heads * t, head_dim) step_chunk: queries grouped by KV head
 };
 
 /// A cache whose policy is chosen at run time (command-line tools): `AnyCache cache(config,

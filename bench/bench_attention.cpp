@@ -1,0 +1,260 @@
+// bench_attention: one decode step of one attention layer per policy (insert + attention + policy
+// bookkeeping + eviction), against a streaming read of the same key/value bytes.
+//
+//   bench_attention [--csv FILE] [Google Benchmark flags, e.g. --benchmark_filter=gqa
+//                    --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true]
+//
+// Shapes: a Llama-2-7B layer (32 query heads, 32 KV heads, head_dim 128) and a GQA layer (32
+// query heads, 8 KV heads); capacities 256, 1024, 4096, 16384; 1 and 2 threads. Every step runs
+// on a full cache (C states, so C + 1 are attended). The baseline `read` sums the same K/V
+// buffers, so read_bw_fraction = baseline time / step time is the share of the machine's read
+// bandwidth a step reaches. Every policy's benchmark also steps a Window cache of the same shape,
+// alternating with it step by step, so that overhead_vs_window compares steps taken side by side
+// (the machine's noise hits both alike; Window against Window shows what is left of it). The CSV
+// has one row per (shape, policy, capacity, threads), medians when repetitions are asked for.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <msrnn/detail/fork_join.hpp>
+#include <msrnn/msrnn.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using msrnn::Index;
+using msrnn::RowMatrix;
+
+struct Shape {
+  const char* name;
+  Index n_q, n_kv, d;
+};
+const Shape kShapes[] = {{"llama2-7b", 32, 32, 128}, {"gqa", 32, 8, 128}};
+const Index kCapacities[] = {256, 1024, 4096, 16384};
+const Index kThreads[] = {1, 2};
+
+// What a benchmark measured, by name (filled at registration, read by the CSV writer).
+struct Case {
+  std::string shape, policy;
+  Index capacity, threads;
+  double bytes;  // K/V bytes one step reads: 2 * n_kv * (C + 1) * head_dim * 4
+};
+std::map<std::string, Case>& cases() {
+  static std::map<std::string, Case> all;
+  return all;
+}
+
+double kv_bytes(const Shape& s, Index capacity) {
+  return 2.0 * static_cast<double>(s.n_kv * (capacity + 1) * s.d) * sizeof(float);
+}
+
+// Seeded normal floats (rows, cols), made once per size and shared by the benchmarks.
+const RowMatrix& random_matrix(Index rows, Index cols, unsigned seed) {
+  static std::map<std::tuple<Index, Index, unsigned>, RowMatrix> made;
+  auto key = std::make_tuple(rows, cols, seed);
+  auto it = made.find(key);
+  if (it != made.end()) return it->second;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  RowMatrix m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+  return made.emplace(key, std::move(m)).first->second;
+}
+
+msrnn::CacheConfig layer_config(const Shape& s, Index capacity, Index threads) {
+  msrnn::CacheConfig config;
+  config.n_q_heads = s.n_q;
+  config.n_kv_heads = s.n_kv;
+  config.head_dim = s.d;
+  config.capacity = capacity;
+  config.rope = msrnn::Rope(s.d);
+  config.threads = threads;
+  return config;
+}
+
+// One decode step on a cache holding C states, timed alone (manual time), and in alternation
+// a step of a Window cache for the ratio. The states are appended (keys and values from random
+// data: the cost of a step does not depend on their values), then every step inserts one and a
+// bounded policy evicts one. Full cannot evict, so it is refilled to C states (untimed) every C/16
+// steps: it holds between C and C + C/16 + 1 states, ~3% above C on average.
+template <class Policy>
+void step_benchmark(benchmark::State& state, Shape s, Index capacity, Index threads) {
+  using Clock = std::chrono::steady_clock;
+  constexpr bool kFull = !Policy::kEvicts;
+  const Index refill_every = std::max<Index>(1, capacity / 16);
+  const Index reserved = kFull ? capacity + refill_every + 1 : capacity;
+  msrnn::MultiStateCache<Policy> cache(layer_config(s, reserved, threads));
+  msrnn::MultiStateCache<msrnn::Window> window(layer_config(s, capacity, threads));
+  const RowMatrix& prompt_k = random_matrix(capacity, s.n_kv * s.d, 1);
+  const RowMatrix& prompt_v = random_matrix(capacity, s.n_kv * s.d, 2);
+  auto fill = [&] {
+    cache.reset();
+    cache.append(0, prompt_k, prompt_v);
+  };
+  fill();
+  window.append(0, prompt_k, prompt_v);
+  const RowMatrix& q = random_matrix(64, s.n_q * s.d, 3);
+  const RowMatrix& kv = random_matrix(64, 2 * s.n_kv * s.d, 4);
+  RowMatrix out(s.n_q, s.d);
+  auto step = [&](auto& c, Index row) {
+    const Clock::time_point start = Clock::now();
+    c.step(0, Eigen::Map<const RowMatrix>(q.row(row).data(), s.n_q, s.d),
+           Eigen::Map<const RowMatrix>(kv.row(row).data(), s.n_kv, s.d),
+           Eigen::Map<const RowMatrix>(kv.row(row).data() + s.n_kv * s.d, s.n_kv, s.d), out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  };
+  double policy_seconds = 0, window_seconds = 0;
+  Index i = 0;
+  for (auto _ : state) {
+    if (kFull && i > 0 && i % refill_every == 0) fill();
+    const Index row = i % 64;
+    double mine = 0;
+    if (i++ % 2 == 0) {  // alternate which goes first
+      mine = step(cache, row);
+      window_seconds += step(window, row);
+    } else {
+      window_seconds += step(window, row);
+      mine = step(cache, row);
+    }
+    policy_seconds += mine;
+    state.SetIterationTime(mine);
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kv_bytes(s, capacity)));
+  state.counters["vs_window"] = policy_seconds / window_seconds;
+}
+
+// The streaming-read baseline: sums the (C + 1, head_dim) keys and values of every KV head,
+// heads split over the threads as a step splits them.
+void read_benchmark(benchmark::State& state, Shape s, Index capacity, Index threads) {
+  std::vector<RowMatrix> buffers;  // [2 * n_kv]: keys then values, (C + 1, head_dim) each
+  const RowMatrix& data = random_matrix(64, s.d, 5);
+  for (Index i = 0; i < 2 * s.n_kv; ++i) {
+    buffers.push_back(data.row(0).replicate(capacity + 1, 1));
+  }
+  msrnn::detail::ForkJoin workers(std::min(threads, s.n_kv));
+  std::vector<float> sums(static_cast<std::size_t>(s.n_kv));
+  auto head_sum = [&](Index g, Index) noexcept {
+    const auto G = static_cast<std::size_t>(g);
+    sums[G] = buffers[2 * G].sum() + buffers[2 * G + 1].sum();
+  };
+  for (auto _ : state) {
+    workers.run(s.n_kv, head_sum);
+    benchmark::DoNotOptimize(sums.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kv_bytes(s, capacity)));
+}
+
+template <class Policy>
+void register_step(const Shape& s, Index capacity, Index threads) {
+  const std::string name = std::string("step/") + s.name + "/" + Policy::kName +
+                           "/C:" + std::to_string(capacity) + "/threads:" + std::to_string(threads);
+  cases()[name] = {s.name, Policy::kName, capacity, threads, kv_bytes(s, capacity)};
+  benchmark::RegisterBenchmark(name.c_str(), step_benchmark<Policy>, s, capacity, threads)
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+
+void register_all() {
+  // Side by side: for each shape, capacity and thread count, the baseline and then the policies.
+  for (const Shape& s : kShapes) {
+    for (Index capacity : kCapacities) {
+      for (Index threads : kThreads) {
+        const std::string name = std::string("read/") + s.name + "/C:" + std::to_string(capacity) +
+                                 "/threads:" + std::to_string(threads);
+        cases()[name] = {s.name, "read", capacity, threads, kv_bytes(s, capacity)};
+        benchmark::RegisterBenchmark(name.c_str(), read_benchmark, s, capacity, threads)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
+        register_step<msrnn::Full>(s, capacity, threads);
+        register_step<msrnn::Window>(s, capacity, threads);
+        register_step<msrnn::WindowPlusI>(s, capacity, threads);
+        register_step<msrnn::H2O>(s, capacity, threads);
+        register_step<msrnn::TOVA>(s, capacity, threads);
+      }
+    }
+  }
+}
+
+// Console output as usual, plus what the CSV needs of every benchmark: the median aggregate
+// when there are repetitions, else the single run.
+struct Measured {
+  double ns = 0;         // per step
+  double vs_window = 0;  // step benchmarks: its time over the alternating Window steps' time
+};
+
+class CollectingReporter : public benchmark::ConsoleReporter {
+ public:
+  std::map<std::string, Measured> results;
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+      const bool single = run.run_type != Run::RT_Aggregate && run.repetitions <= 1;
+      if (!median && !single) continue;
+      Measured m;
+      m.ns = run.GetAdjustedRealTime() * 1e3;  // the unit is microseconds
+      const auto ratio = run.counters.find("vs_window");
+      if (ratio != run.counters.end()) m.vs_window = ratio->second.value;
+      results[run.run_name.function_name] = m;
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+bool write_csv(const std::string& path, const std::map<std::string, Measured>& results) {
+  std::ofstream out(path);
+  out << "shape,policy,capacity,threads,ns_per_step,gbytes_per_s,read_bw_fraction,"
+         "overhead_vs_window\n";
+  for (const auto& [name, c] : cases()) {
+    if (c.policy == "read" || results.count(name) == 0) continue;
+    const Measured& m = results.at(name);
+    const auto read = results.find("read/" + c.shape + "/C:" + std::to_string(c.capacity) +
+                                   "/threads:" + std::to_string(c.threads));
+    out << c.shape << ',' << c.policy << ',' << c.capacity << ',' << c.threads << ',' << m.ns << ','
+        << c.bytes / m.ns << ',';
+    if (read != results.end()) out << read->second.ns / m.ns;
+    out << ',' << m.vs_window << '\n';
+  }
+  return static_cast<bool>(out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string csv;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--csv") == 0) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "error: --csv needs a file name\n");
+        return 2;
+      }
+      csv = argv[++i];
+    } else if (std::strncmp(argv[i], "--csv=", 6) == 0) {
+      csv = argv[i] + 6;
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  int count = static_cast<int>(args.size());
+  benchmark::Initialize(&count, args.data());
+  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 2;
+  register_all();
+  CollectingReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  if (!csv.empty() && !write_csv(csv, reporter.results)) {
+    std::fprintf(stderr, "error: %s: cannot write the CSV file\n", csv.c_str());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,232 @@
+// bench_decoder: per-token time of the example engine as the sequence grows, Full against every
+// bounded policy, on a randomly initialised Llama model of stories110M's shape (no file needed),
+// and the memory table: KV bytes per sequence at each capacity against Full at 4k tokens.
+//
+//   bench_decoder [--positions 1024,4096,16384] [--capacity 512] [--tokens 16] [--csv FILE]
+//                 [--budget-gib 8] [--threads 1] [--policy full,window,sink,h2o,tova]
+//
+// Reaching position P by decoding P tokens would take ~50 ms a token here (the 440 MB of weights
+// are read once per token), about 15 minutes per policy for 16k. So the state at position P is
+// restored with `append`, as a saved session would be: Full gets P states, a bounded policy the
+// newest min(C, P), all at their original positions, keys and values random (a step's cost does
+// not depend on their values). Then --tokens real decode steps of the whole engine are timed, one
+// token at a time (embedding, 12 layers of projections, attention through the cache, classifier);
+// ms_per_token is their median.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "model.hpp"
+
+namespace {
+
+using namespace engine;
+
+const char* const kUsage = R"(usage: bench_decoder [options]
+Per-token time of the example engine at growing positions, per policy, on a random model of
+stories110M's shape (dim 768, hidden 2048, 12 layers, 12 heads, vocab 32000; seed 110).
+  --positions LIST   positions to measure at (default 1024,4096,16384)
+  --capacity N       multi-state size of the bounded policies (default 512)
+  --policy LIST      policies (default full,window,sink,h2o,tova)
+  --tokens N         decode steps timed at each position (default 16; the median is reported)
+  --threads N        threads sharing a layer's KV heads in the cache (default 1)
+  --budget-gib X     memory budget of the table of sequences that fit (default 8)
+  --csv FILE         write model,policy,capacity,position,ms_per_token,kv_bytes
+  --help             this text
+)";
+
+// The shape of llama2.c's stories110M, with a context long enough for the longest position.
+LlamaConfig stories110m_shape(Index seq_len) {
+  LlamaConfig c;
+  c.dim = 768;
+  c.hidden_dim = 2048;
+  c.n_layers = 12;
+  c.n_heads = 12;
+  c.n_kv_heads = 12;
+  c.vocab_size = 32000;
+  c.seq_len = seq_len;
+  c.shared_classifier = true;
+  return c;
+}
+
+// Bytes of keys and values a cache allocates for `slots` states per layer and KV head (float32).
+double kv_bytes(const LlamaConfig& c, Index slots) {
+  return 2.0 * static_cast<double>(c.n_layers * c.n_kv_heads * slots * c.head_dim()) *
+         sizeof(float);
+}
+
+// Restores `model`'s cache to the state after `position` tokens: its newest `kept` states.
+void restore_state(LlamaModel& model, Index position, Index kept, std::mt19937& rng) {
+  const LlamaConfig& c = model.config();
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  RowMatrix k(kept, c.kv_dim()), v(kept, c.kv_dim());  // (kept, n_kv_heads * head_dim)
+  std::vector<Index> positions(static_cast<std::size_t>(kept));
+  for (Index i = 0; i < kept; ++i) positions[static_cast<std::size_t>(i)] = position - kept + i;
+  model.reset();
+  for (Index l = 0; l < c.n_layers; ++l) {
+    for (Index i = 0; i < k.size(); ++i) k.data()[i] = normal(rng);
+    for (Index i = 0; i < v.size(); ++i) v.data()[i] = normal(rng);
+    model.cache().append(l, k, v, positions, position);
+  }
+}
+
+struct Row {
+  std::string policy;
+  Index capacity;  // C; for full, the states it holds when the timing starts (= position)
+  Index position;
+  double ms_per_token;
+  double kv_bytes;
+};
+
+double median(std::vector<double> xs) {
+  std::sort(xs.begin(), xs.end());
+  const std::size_t n = xs.size();
+  return n % 2 ? xs[n / 2] : 0.5 * (xs[n / 2 - 1] + xs[n / 2]);
+}
+
+void print_memory_table(const LlamaConfig& c, Index capacity, double budget_gib) {
+  const LlamaConfig llama7b = [] {
+    LlamaConfig m;
+    m.dim = 4096;
+    m.n_layers = 32;
+    m.n_heads = 32;
+    m.n_kv_heads = 32;
+    return m;
+  }();
+  const double budget = budget_gib * 1024.0 * 1024.0 * 1024.0;
+  std::printf(
+      "\nKV bytes per sequence (float32; a bounded cache allocates C + 1 slots), and "
+      "sequences that fit %.3g GiB:\n\n",
+      budget_gib);
+  std::printf(
+      "| multi-state size | stories110M shape | vs full@4k | fit | Llama-2-7B shape | fit |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  std::vector<Index> sizes = {64, 128, 256, 512, 1024, 2048};
+  if (std::find(sizes.begin(), sizes.end(), capacity) == sizes.end()) sizes.push_back(capacity);
+  std::sort(sizes.begin(), sizes.end());
+  const double full_small = kv_bytes(c, 4096), full_7b = kv_bytes(llama7b, 4096);
+  auto line = [&](const std::string& name, double small, double big) {
+    std::printf("| %s | %.1f MiB | %.3f | %.0f | %.1f MiB | %.0f |\n", name.c_str(),
+                small / 1048576.0, small / full_small, std::floor(budget / small), big / 1048576.0,
+                std::floor(budget / big));
+  };
+  for (Index size : sizes) {
+    line(std::to_string(size), kv_bytes(c, size + 1), kv_bytes(llama7b, size + 1));
+  }
+  line("full, 4096 tokens", full_small, full_7b);
+}
+
+int run(int argc, char** argv) {
+  std::vector<Index> positions = {1024, 4096, 16384};
+  std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
+                                             msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
+                                             msrnn::PolicyKind::tova};
+  Index capacity = 512, tokens = 16, threads = 1;
+  double budget_gib = 8.0;
+  std::string csv;
+  cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
+    if (flag == "--positions") {
+      positions.clear();
+      for (const std::string& p : cli::parse_list(flag, value)) {
+        positions.push_back(cli::parse_int(flag, p, 1, 1 << 20));
+      }
+      std::sort(positions.begin(), positions.end());
+    } else if (flag == "--capacity") {
+      capacity = cli::parse_int(flag, value, 1, 1 << 20);
+    } else if (flag == "--policy") {
+      policies.clear();
+      for (const std::string& p : cli::parse_list(flag, value))
+        policies.push_back(cli::parse_policy(p));
+    } else if (flag == "--tokens") {
+      tokens = cli::parse_int(flag, value, 1, 100000);
+    } else if (flag == "--threads") {
+      threads = cli::parse_int(flag, value, 1, 1024);
+    } else if (flag == "--budget-gib") {
+      budget_gib = cli::parse_real(flag, value, 1e-6, 1e9);
+    } else if (flag == "--csv") {
+      csv = value;
+    } else {
+      return false;
+    }
+    return true;
+  });
+
+  const Index longest = positions.back() + tokens + 1;
+  const LlamaConfig shape = stories110m_shape(longest);
+  std::printf("random stories110M-shaped model (%s), %lld timed tokens per point, %lld thread(s)\n",
+              detail::describe(shape).c_str(), static_cast<long long>(tokens),
+              static_cast<long long>(threads));
+  const LlamaWeights weights = random_weights(shape, 110);
+  std::printf("%-8s %9s %9s %14s %14s\n", "policy", "capacity", "position", "ms/token", "kv bytes");
+
+  std::vector<Row> rows;
+  std::mt19937 rng(7);
+  for (msrnn::PolicyKind kind : policies) {
+    const bool full = kind == msrnn::PolicyKind::full;
+    if (!full && capacity < 2) cli::fail("--capacity: the bounded policies need at least 2");
+    for (Index position : positions) {
+      CacheSettings settings;
+      settings.policy.kind = kind;
+      settings.threads = threads;
+      // Full reserves exactly what it will hold; a bounded policy holds C.
+      settings.capacity = full ? position + tokens + 1 : capacity;
+      LlamaModel model(weights, settings);
+      restore_state(model, position, full ? position : std::min(capacity, position), rng);
+      model.forward(1);  // one untimed step: first touches of the scratch
+      std::vector<double> ms;
+      for (Index t = 0; t < tokens; ++t) {
+        const auto start = std::chrono::steady_clock::now();
+        const RowVector& logits = model.forward(static_cast<int>(t % shape.vocab_size));
+        const auto stop = std::chrono::steady_clock::now();
+        if (!logits.allFinite())
+          cli::fail("non-finite logits at position " + std::to_string(position));
+        ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
+      }
+      Row row{msrnn::policy_name(kind), full ? position : capacity, position, median(ms),
+              static_cast<double>(model.cache().state_bytes())};
+      std::printf("%-8s %9lld %9lld %14.2f %14.0f\n", row.policy.c_str(),
+                  static_cast<long long>(row.capacity), static_cast<long long>(position),
+                  row.ms_per_token, row.kv_bytes);
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
+  }
+
+  // Growth: per-token time at the longest position over the shortest, per policy.
+  std::printf("\nper-token time at %lld over %lld:\n", static_cast<long long>(positions.back()),
+              static_cast<long long>(positions.front()));
+  for (msrnn::PolicyKind kind : policies) {
+    const std::string name = msrnn::policy_name(kind);
+    double first = 0, last = 0;
+    for (const Row& r : rows) {
+      if (r.policy != name) continue;
+      if (r.position == positions.front()) first = r.ms_per_token;
+      if (r.position == positions.back()) last = r.ms_per_token;
+    }
+    std::printf("  %-8s %.3fx\n", name.c_str(), last / first);
+  }
+  print_memory_table(shape, capacity, budget_gib);
+
+  if (!csv.empty()) {
+    std::ofstream out(csv);
+    out << "model,policy,capacity,position,ms_per_token,kv_bytes\n";
+    for (const Row& r : rows) {
+      out << "stories110M-random," << r.policy << ',' << r.capacity << ',' << r.position << ','
+          << r.ms_per_token << ',' << static_cast<long long>(r.kv_bytes) << '\n';
+    }
+    if (!out) cli::fail(csv + ": cannot write the CSV file");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return engine::cli::guarded_main([&] { return run(argc, argv); });
+}
