@@ -5,8 +5,8 @@
 //   bench_decoder [--positions 1024,4096,16384] [--capacity 512] [--tokens 16] [--csv FILE]
 //                 [--budget-gib 8] [--threads 1] [--policy full,window,sink,h2o,tova]
 //
-// Reaching position P by decoding P tokens would take ~50 ms a token here (the 440 MB of weights
-// are read once per token), about 15 minutes per policy for 16k. So the state at position P is
+// Reaching position P by decoding P tokens would take ~45 ms a token here (the 440 MB of weights
+// are read once per token), about 12 minutes per policy for 16k. So the state at position P is
 // restored with `append`, as a saved session would be: Full gets P states, a bounded policy the
 // newest min(C, P), all at their original positions, keys and values random (a step's cost does
 // not depend on their values). Then --tokens real decode steps of the whole engine are timed, one

@@ -85,6 +85,19 @@ TEST(CacheConfig, BadValuesThrowNamingTheParameterAndValue) {
   EXPECT_EQ(message(good), "");
 }
 
+TEST(MultiStateCache, AppendToFullGrowsPastItsReservation) {
+  MultiStateCache<Full> cache(small_config(4, 2, 8, 2));  // 2 slots reserved
+  const RowMatrix kv = testing::random_matrix(5, 16, 4);
+  cache.append(0, kv, kv);
+  EXPECT_GE(cache.slots(), 5);
+  EXPECT_EQ(cache.kept_positions(0, 1), (std::vector<Index>{0, 1, 2, 3, 4}));
+  RowMatrix q = testing::random_matrix(4, 8, 5), out(4, 8);
+  const Eigen::Map<const RowMatrix> k(kv.row(0).data(), 2, 8);  // token 0's key, (2, 8)
+  cache.step(0, q, k, k, out);
+  EXPECT_EQ(cache.size(0), 6);
+  EXPECT_TRUE(out.allFinite());
+}
+
 TEST(MultiStateCache, AppendRejectsWhatDoesNotFitOrGoesBackwards) {
   MultiStateCache<Window> cache(small_config(4, 2, 8, 4));
   const RowMatrix kv = testing::random_matrix(5, 16, 3);

@@ -2,6 +2,7 @@
 // share nothing: scripts/tsan.sh runs this test with -fsanitize=thread).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -36,6 +37,40 @@ RowMatrix run_alone(PolicyKind kind, std::uint32_t seed, Index threads = 1) {
     }
   }
   return outs;
+}
+
+// The pool itself: every task runs exactly once, by the worker its block names, for any number of
+// tasks (fewer than the threads too), again and again; copies get their own threads and a
+// moved-from pool still runs (on the caller).
+TEST(ForkJoin, RunsEveryTaskOnceInContiguousBlocks) {
+  detail::ForkJoin pool(4);
+  for (int round = 0; round < 50; ++round) {
+    for (Index n : {0, 1, 2, 3, 5, 9}) {
+      std::vector<int> runs(static_cast<std::size_t>(n), 0);
+      std::vector<Index> by(static_cast<std::size_t>(n), -1);
+      auto task = [&](Index i, Index worker) noexcept {
+        ++runs[static_cast<std::size_t>(i)];
+        by[static_cast<std::size_t>(i)] = worker;
+      };
+      pool.run(n, task);
+      const Index blocks = std::min<Index>(n, 4);
+      for (Index i = 0; i < n; ++i) {
+        ASSERT_EQ(runs[static_cast<std::size_t>(i)], 1) << "n " << n << " task " << i;
+        // Block w holds tasks [n * w / blocks, n * (w + 1) / blocks).
+        const Index w = by[static_cast<std::size_t>(i)];
+        ASSERT_TRUE(n * w / blocks <= i && i < n * (w + 1) / blocks) << "n " << n << " task " << i;
+      }
+    }
+  }
+  detail::ForkJoin copy(pool);
+  EXPECT_EQ(copy.threads(), 4);
+  detail::ForkJoin moved(std::move(pool));
+  for (detail::ForkJoin* p : {&copy, &moved, &pool}) {
+    std::vector<int> runs(7, 0);
+    auto task = [&](Index i, Index) noexcept { ++runs[static_cast<std::size_t>(i)]; };
+    p->run(7, task);
+    EXPECT_EQ(runs, std::vector<int>(7, 1));
+  }
 }
 
 // Runs one cache per kind, each in its own thread and with `workers` threads of its own, and

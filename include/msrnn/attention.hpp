@@ -15,7 +15,8 @@ namespace msrnn {
 namespace detail {
 
 // The decode kernel works on column blocks of W floats held in registers (W = 32: 2 to 8 SIMD
-// registers whatever the instruction set; W = 8 when head_dim is not a multiple of 32) and on
+// registers per query head, so 4 heads fit in AVX-512's 32 and partly spill with AVX2 or SSE;
+// W = 8 when head_dim is not a multiple of 32) and on
 // query heads 4, 2 or 1 at a time, so every key and value row is read from memory once per KV
 // head and used by all of its query heads, with no packing copies. Columns beyond the last full
 // block go through a scalar tail.
@@ -26,7 +27,7 @@ using Block = Eigen::Matrix<float, 1, W>;
 constexpr Index kValueTile = 16;
 // Rows ahead that the kernels ask the memory system for: the hardware prefetcher alone falls
 // behind when each row takes as long to compute as to load (measured: the key pass at 16384
-// states goes from ~70% to ~95% of a plain read's speed).
+// states goes from ~62% to ~87% of a plain read's speed).
 constexpr Index kPrefetchRows = 8;
 
 inline void prefetch(const float* p) noexcept {
@@ -75,8 +76,8 @@ void weighted_values(const float* p, Index p_stride, const float* values, Index 
       Block acc[G];
       for (int r = 0; r < G; ++r) acc[r] = Eigen::Map<const Block>(out + r * o_stride + c);
       for (Index j = j0; j < j1; ++j) {
-        if (W == 32 && j + kPrefetchRows < n) {
-          prefetch(values + (j + kPrefetchRows) * v_stride + c);
+        if (W == 32 && j + kPrefetchRows < n) {  // (one 64 B line of each 128 B block: the
+          prefetch(values + (j + kPrefetchRows) * v_stride + c);  // CPU fetches its pair)
         }
         const Eigen::Map<const Block> v(values + j * v_stride + c);
         for (int r = 0; r < G; ++r) acc[r] += p[r * p_stride + j] * v;

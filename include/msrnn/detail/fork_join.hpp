@@ -108,7 +108,12 @@ class ForkJoin {
     if (threads_ <= 1) return;
     shared_ = std::make_unique<Shared>();
     workers_.reserve(static_cast<std::size_t>(threads_ - 1));
-    for (Index w = 1; w < threads_; ++w) workers_.emplace_back(work, shared_.get(), w);
+    try {
+      for (Index w = 1; w < threads_; ++w) workers_.emplace_back(work, shared_.get(), w);
+    } catch (...) {  // (std::system_error: no more threads) join the started ones, then rethrow
+      stop();
+      throw;
+    }
   }
 
   void stop() noexcept {

@@ -30,7 +30,9 @@ namespace msrnn {
 ///   priority(score, position, newest)   the victim is the unprotected state with the lowest
 ///                         priority, ties to the oldest position; for a per-layer policy `score`
 ///                         is the sum of the per-KV-head scores
-/// A policy never touches key/value storage: it only scores and protects.
+/// A policy never touches key/value storage: it only scores and protects. `observe`, `protects`
+/// and `priority` are const and must stay safe to call at the same time from several threads: with
+/// CacheConfig::threads > 1 the cache calls them for different KV heads in parallel.
 struct Window {
   static constexpr const char* kName = "window";
   static constexpr bool kEvicts = true;
