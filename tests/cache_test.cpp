@@ -173,9 +173,7 @@ TEST(MultiStateCache, StepNeverThrowsWithValidArguments) {
       CacheConfig config = small_config(6, 3, 4, 5, 2);
       config.rope = Rope(4);
       config.positions = mode;
-      PolicyOptions options;
-      options.kind = kind;
-      AnyCache cache(config, make_policy(options));
+      AnyCache cache = testing::any_cache(config, kind);
       RowMatrix out(6, 4), chunk_out(7, 24);
       for (Index t = 0; t < 30; ++t) {
         const auto s = static_cast<std::uint32_t>(t);

@@ -29,6 +29,13 @@ inline CacheConfig small_config(Index n_q_heads, Index n_kv_heads, Index head_di
   return config;
 }
 
+// A cache of `config` with the default options of policy `kind`.
+inline AnyCache any_cache(const CacheConfig& config, PolicyKind kind) {
+  PolicyOptions options;
+  options.kind = kind;
+  return AnyCache(config, make_policy(options));
+}
+
 // The message of the std::invalid_argument that `f` throws, or "" if it throws none.
 template <class F>
 std::string invalid_argument_message(F&& f) {

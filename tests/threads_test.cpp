@@ -20,9 +20,7 @@ RowMatrix run_alone(PolicyKind kind, std::uint32_t seed, Index threads = 1) {
   CacheConfig config = small_config(4, 2, 8, 12, 2);
   config.rope = Rope(8);
   config.threads = threads;
-  PolicyOptions options;
-  options.kind = kind;
-  AnyCache cache(config, make_policy(options));
+  AnyCache cache = testing::any_cache(config, kind);
   const Index tokens = 60;
   const RowMatrix q = random_matrix(tokens, 32, seed);
   const RowMatrix kv = random_matrix(tokens, 16, seed + 1);

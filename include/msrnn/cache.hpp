@@ -225,13 +225,7 @@ class MultiStateCache {
       const Index slot = state.held + i;
       const Index position =
           positions.empty() ? state.seen + i : positions[static_cast<std::size_t>(i)];
-      if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
-      for (Index g = 0; g < config_.n_kv_heads; ++g) {
-        // No eviction yet when there is room, so the held states fill [0, held).
-        assert(state.free_slot[static_cast<std::size_t>(g)] == state.held);
-        insert(state, layer, g, slot, position, slot, row_data(k, i) + g * config_.head_dim,
-               row_data(v, i) + g * config_.head_dim);
-      }
+      insert_in_order(state, layer, slot, position, row_data(k, i), row_data(v, i));
     }
     state.seen = seen.value_or(next);
     if (t == 0) return;  // (a full cache's free slot may be anywhere)
@@ -403,6 +397,19 @@ class MultiStateCache {
     state.score(g, slot) = 0.0f;
   }
 
+  // Writes one token's key and value (rows of n_kv_heads * head_dim) into `slot` of every KV
+  // head, with rank `slot`: for a cache with room, whose held states fill [0, held) in position
+  // order (no eviction since the last reset). Leaves the angles of `position` in cos_/sin_.
+  void insert_in_order(LayerState& state, Index layer, Index slot, Index position, const float* k,
+                       const float* v) noexcept {
+    const Index d = config_.head_dim;
+    if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
+    for (Index g = 0; g < config_.n_kv_heads; ++g) {
+      assert(state.free_slot[static_cast<std::size_t>(g)] == state.held);
+      insert(state, layer, g, slot, position, slot, k + g * d, v + g * d);
+    }
+  }
+
   // Encodes the position of one query head (head_dim floats) in place: at `position` in absolute
   // mode (angles already in cos_/sin_), at `rank` in in_cache mode.
   void encode_query(float* q, Index rank) const noexcept {
@@ -562,12 +569,7 @@ class MultiStateCache {
 
     for (Index i = 0; i < n; ++i) {
       const Index slot = before + i;
-      if (rotates_absolute()) config_.rope->angles(state.seen + i, cos_.data(), sin_.data());
-      for (Index g = 0; g < config_.n_kv_heads; ++g) {
-        assert(state.free_slot[static_cast<std::size_t>(g)] == before);
-        insert(state, layer, g, slot, state.seen + i, slot, row_data(k, i) + g * d,
-               row_data(v, i) + g * d);
-      }
+      insert_in_order(state, layer, slot, state.seen + i, row_data(k, i), row_data(v, i));
       // Query head h of token i goes to row i * group + r of its KV head's block.
       for (Index h = 0; h < config_.n_q_heads; ++h) {
         const Index row = (h / group_) * rows + i * group_ + h % group_;
