@@ -1,11 +1,15 @@
 // What the command-line tools share: errors, flag parsing, finding the model, cache flags.
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <msrnn/msrnn.hpp>
 #include <sstream>
@@ -24,10 +28,29 @@
 
 namespace engine::cli {
 
-/// Prints "error: <message>" and exits with status 2.
-[[noreturn]] inline void fail(const std::string& message) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  std::exit(2);
+/// What `fail` throws: `guarded_main` prints it as "error: <message>" and returns status 2.
+/// (An exception, not exit(): unwinding removes the temporary files of unfinished outputs.)
+struct Failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Ends the tool with "error: <message>" and status 2 (through `guarded_main`).
+[[noreturn]] inline void fail(const std::string& message) { throw Failure(message); }
+
+/// Prints "warning: <message>" on stderr; the run goes on.
+inline void warn(const std::string& message) {
+  std::fprintf(stderr, "warning: %s\n", message.c_str());
+}
+
+/// Flushes stdout and fails ("error: stdout: ...") if anything written to it was lost: a full
+/// disk, /dev/full, a closed pipe. Tools call it after their last output and whenever they
+/// flush.
+inline void check_stdout() {
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    const int error = errno;
+    std::clearerr(stdout);
+    fail(std::string("stdout: cannot write the output (") + std::strerror(error) + ")");
+  }
 }
 
 /// A whole number in [least, most]; anything else (12abc, -3, empty) is an error naming the flag.
@@ -81,7 +104,10 @@ inline std::string find_model_file(const std::string& name, const char* flag) {
   std::string looked;
   for (const std::string& place : places) {
     const std::string path = place + "/" + name;
-    if (std::ifstream(path).good()) return path;
+    // Looks without opening: a FIFO of that name would block an open. The loader then says what
+    // is wrong with whatever is there.
+    std::error_code error;
+    if (std::filesystem::exists(std::filesystem::status(path, error))) return path;
     looked += (looked.empty() ? "" : ", ") + place;
   }
   fail("cannot find " + name + " (looked in " + looked + "); put it in one of them, set " +
@@ -122,18 +148,26 @@ struct ModelFiles {
   Tokenizer tokenizer;
 };
 
-/// Walks "--flag value" pairs: --help prints `usage` and exits 0; a flag without a value, or one
-/// that `take(flag, value)` does not know (returns false), is an error.
+/// Walks "--flag value" and "--flag=value" pairs: --help prints `usage` and exits 0; a flag
+/// without a value, or one that `take(flag, value)` does not know (returns false), is an error.
 template <class Take>
 void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
   for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
+    std::string_view flag = argv[i];
     if (flag == "--help" || flag == "-h") {
       std::fputs(usage, stdout);
+      check_stdout();
       std::exit(0);
     }
-    if (i + 1 >= argc) fail(std::string(flag) + " needs a value (see --help)");
-    const std::string value = argv[++i];
+    std::string value;
+    const std::size_t equals = flag.find('=');
+    if (flag.rfind("--", 0) == 0 && equals != std::string_view::npos) {
+      value = std::string(flag.substr(equals + 1));
+      flag = flag.substr(0, equals);
+    } else {
+      if (i + 1 >= argc) fail(std::string(flag) + " needs a value (see --help)");
+      value = argv[++i];
+    }
     if (!take(flag, value)) fail("unknown flag '" + std::string(flag) + "' (see --help)");
   }
 }
@@ -146,6 +180,8 @@ struct CommonFlags {
   Index sinks = msrnn::WindowPlusI{}.sinks;
   Index recent = msrnn::H2O::kHalfCapacity;
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
+  bool sinks_given = false;
+  bool recent_given = false;
 
   /// Takes the flag if it is one of these.
   bool take(std::string_view flag, const std::string& value) {
@@ -155,8 +191,10 @@ struct CommonFlags {
       tokenizer_path = value;
     } else if (flag == "--sinks") {
       sinks = parse_int(flag, value, 0);
+      sinks_given = true;
     } else if (flag == "--recent") {
       recent = parse_int(flag, value, 0);
+      recent_given = true;
     } else if (flag == "--positions") {
       positions = parse_positions(value);
     } else {
@@ -165,15 +203,39 @@ struct CommonFlags {
     return true;
   }
 
+  /// Resolves the default model and tokenizer (find_model_file), so that outputs can be checked
+  /// against them before anything is loaded.
+  void resolve_paths() {
+    if (model_path.empty()) model_path = find_model_file("stories260K.bin", "--model");
+    if (tokenizer_path.empty()) tokenizer_path = find_model_file("tok512.bin", "--tokenizer");
+  }
+
   /// The checkpoint and tokenizer the flags name (or the defaults, found by find_model_file).
-  ModelFiles load_model_files() const {
-    const std::string model =
-        model_path.empty() ? find_model_file("stories260K.bin", "--model") : model_path;
-    const std::string tok =
-        tokenizer_path.empty() ? find_model_file("tok512.bin", "--tokenizer") : tokenizer_path;
-    LlamaWeights weights = load_weights(model);
-    Tokenizer tokenizer = load_tokenizer(tok, weights.config.vocab_size);
-    return {model, std::move(weights), std::move(tokenizer)};
+  ModelFiles load_model_files() {
+    resolve_paths();
+    LlamaWeights weights = load_weights(model_path);
+    Tokenizer tokenizer = load_tokenizer(tokenizer_path, weights.config.vocab_size);
+    return {model_path, std::move(weights), std::move(tokenizer)};
+  }
+
+  /// Warns about cache flags that none of `policies` uses: --sinks without sink, --recent without
+  /// h2o, and (when `capacity_given`) --capacity with full alone, which keeps every state.
+  void warn_unused(const std::vector<msrnn::PolicyKind>& policies, bool capacity_given) const {
+    auto uses = [&](msrnn::PolicyKind kind) {
+      return std::find(policies.begin(), policies.end(), kind) != policies.end();
+    };
+    if (sinks_given && !uses(msrnn::PolicyKind::sink)) {
+      warn("--sinks is only used by the sink policy; ignored");
+    }
+    if (recent_given && !uses(msrnn::PolicyKind::h2o)) {
+      warn("--recent is only used by the h2o policy; ignored");
+    }
+    const bool only_full =
+        std::all_of(policies.begin(), policies.end(),
+                    [](msrnn::PolicyKind kind) { return kind == msrnn::PolicyKind::full; });
+    if (capacity_given && only_full) {
+      warn("--capacity is ignored by the full policy, which keeps every state");
+    }
   }
 
   CacheSettings settings(msrnn::PolicyKind kind, Index capacity) const {
@@ -191,10 +253,32 @@ struct CommonFlags {
 /// into "error: ...". The options are checked against the requested capacity C, but the cache
 /// holds at most max_tokens states: with C at least the sequence length nothing is ever evicted,
 /// so the results are exactly those of C, without allocating states that can never arrive.
+/// The machine's memory in bytes (0 if unknown).
+inline double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
 inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings,
                              Index max_tokens) {
   const std::string name = msrnn::policy_name(settings.policy.kind);
   const Index requested = settings.capacity >= 0 ? settings.capacity : weights.config.seq_len;
+  // What the states of the run can fill, checked before anything is allocated: keys and values
+  // (4 bytes each) of C + 1 slots per layer and KV head (the cache's state_bytes()), plus its
+  // bookkeeping (20 bytes per slot and KV head).
+  const LlamaConfig& c = weights.config;
+  const double slots = static_cast<double>(std::min(requested, max_tokens)) + 1.0;
+  const double kv_bytes = static_cast<double>(c.n_layers) * static_cast<double>(c.n_kv_heads) *
+                          slots * (2.0 * 4.0 * static_cast<double>(c.head_dim()) + 20.0);
+  const double memory = physical_memory_bytes();
+  if (memory > 0 && kv_bytes > memory) {
+    char what[160];
+    std::snprintf(what, sizeof(what),
+                  ": a KV state of %.0f states needs %.1f GiB, more than this machine's %.1f GiB",
+                  slots - 1.0, kv_bytes / 1073741824.0, memory / 1073741824.0);
+    fail(name + what + " (lower --capacity or --steps)");
+  }
   try {
     if (requested > max_tokens) {
       msrnn::AnyPolicy policy = msrnn::make_policy(settings.policy);
@@ -216,15 +300,22 @@ inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings
   }
 }
 
-/// Runs a tool's main, turning any exception that escapes into "error: ..." and status 2.
+/// Runs a tool's main, turning `fail` and any exception that escapes into one line
+/// "error: ..." on stderr and status 2. A body that returns 0 has its stdout checked first.
 template <class F>
 int guarded_main(F&& body) {
+  auto report = [](const char* message) {
+    std::fprintf(stderr, "error: %s\n", message);
+    return 2;
+  };
   try {
-    return body();
+    const int status = body();
+    if (status == 0) check_stdout();
+    return status;
   } catch (const std::bad_alloc&) {
-    fail("out of memory");
+    return report("out of memory");
   } catch (const std::exception& e) {
-    fail(e.what());
+    return report(e.what());
   }
 }
 

@@ -33,6 +33,7 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
   --recent N            h2o's protected newest states (default C/2)
   --positions MODE      absolute or in_cache (default absolute)
   --help                this text
+Flags also take the form --flag=value.
 )";
 
 }  // namespace
@@ -42,6 +43,7 @@ int run(int argc, char** argv) {
   long long steps = 256, seed = 0, capacity = -1;  // -1: the model's seq_len
   double temperature = 1.0, topp = 0.9;
   msrnn::PolicyKind policy = msrnn::PolicyKind::full;
+  bool capacity_given = false;
   cli::CommonFlags common;
   cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
     if (common.take(flag, value)) return true;
@@ -57,12 +59,14 @@ int run(int argc, char** argv) {
       seed = cli::parse_int(flag, value, 0);
     else if (flag == "--policy")
       policy = cli::parse_policy(value);
-    else if (flag == "--capacity")
+    else if (flag == "--capacity") {
       capacity = cli::parse_int(flag, value, 0);
-    else
+      capacity_given = true;
+    } else
       return false;
     return true;
   });
+  common.warn_unused({policy}, capacity_given);
   const cli::ModelFiles files = common.load_model_files();
   const LlamaWeights& weights = files.weights;
   const Tokenizer& tokenizer = files.tokenizer;
@@ -81,6 +85,11 @@ int run(int argc, char** argv) {
 
   // As run.c: the prompt's tokens are forced, then each next token is sampled; BOS ends the text.
   const std::vector<int> prompt_tokens = tokenizer.encode(prompt, /*bos=*/true);
+  if (static_cast<long long>(prompt_tokens.size()) > steps) {
+    cli::warn("the prompt has " + std::to_string(prompt_tokens.size()) +
+              " tokens (BOS included), more than --steps " + std::to_string(steps) +
+              ": only its first " + std::to_string(steps) + " are read and nothing is generated");
+  }
   int token = prompt_tokens[0];
   const auto start = std::chrono::steady_clock::now();
   long long generated = 0;
@@ -93,11 +102,11 @@ int run(int argc, char** argv) {
     if (next == kBos) break;
     const std::string piece = tokenizer.decode(token, next);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
-    std::fflush(stdout);
+    cli::check_stdout();  // a lost write ends the run now, not after it
     token = next;
   }
   std::printf("\n");
-  std::fflush(stdout);
+  cli::check_stdout();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "achieved tok/s: %.1f (%lld tokens, policy %s",

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "gnuplot.hpp"
+#include "output_file.hpp"
 
 namespace {
 
@@ -39,9 +41,10 @@ Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each
   --sinks N          sink's protected first positions (default 4)
   --recent N         h2o's protected newest states (default C/2)
   --positions MODE   absolute or in_cache (default absolute)
-  --csv FILE         write policy,capacity,tokens,nll,ppl
-  --plot FILE.png    plot ppl against capacity (needs gnuplot)
+  --csv FILE         write policy,capacity,tokens,nll,ppl (replaced only when the run succeeds)
+  --plot FILE.png    plot ppl against capacity (needs gnuplot; replaced likewise)
   --help             this text
+Flags also take the form --flag=value.
 )";
 
 struct Row {
@@ -52,18 +55,73 @@ struct Row {
   double ppl;
 };
 
-void write_csv(const std::string& path, const std::vector<Row>& rows) {
-  std::ofstream out(path);
-  if (!out) cli::fail(path + ": cannot write the CSV file");
-  out.precision(10);
-  out << "policy,capacity,tokens,nll,ppl\n";
-  for (const Row& r : rows) {
-    out << r.policy << ',' << r.capacity << ',' << r.tokens << ',' << r.nll << ',' << r.ppl << '\n';
-  }
-  if (!out) cli::fail(path + ": cannot write the CSV file");
+// What the flags ask for.
+struct Options {
+  cli::CommonFlags common;
+  std::string text_path, csv_path, plot_path;
+  long long chunk = 0, chunks = 0;
+  std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
+                                             msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
+                                             msrnn::PolicyKind::tova};
+  std::vector<Index> capacities = {16, 32, 64, 128, 256};
+  bool capacity_given = false;
+};
+
+Options parse_options(int argc, char** argv) {
+  Options o;
+  cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
+    if (o.common.take(flag, value)) return true;
+    if (flag == "--text")
+      o.text_path = value;
+    else if (flag == "--csv")
+      o.csv_path = value;
+    else if (flag == "--plot")
+      o.plot_path = value;
+    else if (flag == "--chunk")
+      o.chunk = cli::parse_int(flag, value, 2);
+    else if (flag == "--chunks")
+      o.chunks = cli::parse_int(flag, value, 1);
+    else if (flag == "--policy") {
+      o.policies.clear();
+      for (const std::string& name : cli::parse_list(flag, value)) {
+        o.policies.push_back(cli::parse_policy(name));
+      }
+    } else if (flag == "--capacity") {
+      o.capacities.clear();
+      for (const std::string& c : cli::parse_list(flag, value)) {
+        o.capacities.push_back(cli::parse_int(flag, c, 0));
+      }
+      o.capacity_given = true;
+    } else
+      return false;
+    return true;
+  });
+  if (o.text_path.empty()) cli::fail("--text FILE is required (see --help)");
+  o.common.warn_unused(o.policies, o.capacity_given);
+  return o;
 }
 
-bool is_valid_utf8(const std::string& text) {
+// Before any work: the outputs can be written, none of them is an input, gnuplot is there.
+void check_outputs(Options& o) {
+  o.common.resolve_paths();
+  const std::vector<NamedPath> inputs = {{"--text", o.text_path},
+                                         {"--model", o.common.model_path},
+                                         {"--tokenizer", o.common.tokenizer_path}};
+  if (!o.csv_path.empty()) check_output_path("--csv", o.csv_path, inputs);
+  if (!o.plot_path.empty()) {
+    check_output_path("--plot", o.plot_path, inputs);
+    if (!o.csv_path.empty() && (o.csv_path == o.plot_path || same_file(o.csv_path, o.plot_path))) {
+      cli::fail("--csv and --plot name the same file " + o.plot_path);
+    }
+    if (!gnuplot_installed()) {
+      cli::fail(
+          "--plot: gnuplot is not installed (apt-get install gnuplot-nox); without --plot "
+          "the table and --csv need no gnuplot");
+    }
+  }
+}
+
+bool is_valid_utf8(std::string_view text) {
   for (std::size_t i = 0; i < text.size();) {
     const auto lead = static_cast<unsigned char>(text[i]);
     const std::size_t n = lead < 0x80           ? 1
@@ -80,19 +138,115 @@ bool is_valid_utf8(const std::string& text) {
   return true;
 }
 
-// Text safe inside a gnuplot '...' string.
-std::string sanitized(std::string text) {
-  for (char& c : text) {
-    if (c == '\'' || c == '\n' || c == '\\') c = '_';
+// The text's evaluation stream, read line by line (perplexity.hpp).
+std::vector<int> read_stream(const std::string& path, const Tokenizer& tokenizer) {
+  try {
+    require_regular_file(path, "text");
+  } catch (const FileError& e) {
+    cli::fail(e.what());
   }
-  return text;
+  std::ifstream file(path, std::ios::binary);
+  if (!file) cli::fail(path + ": cannot open the text file");
+  bool utf8 = true, empty = true;
+  std::vector<int> stream = encode_stream(tokenizer, file, [&](const std::string& line) {
+    utf8 = utf8 && is_valid_utf8(line);
+    empty = false;
+  });
+  if (file.bad()) cli::fail(path + ": cannot read the text file");
+  if (empty) cli::fail(path + ": the text file is empty");
+  if (!utf8) {
+    std::fprintf(stderr,
+                 "note: %s is not valid UTF-8; byte fallback encodes the invalid bytes "
+                 "one token each\n",
+                 path.c_str());
+  }
+  return stream;
+}
+
+// Tokens per chunk, BOS included: --chunk, else the model's context.
+Index chunk_length(const Options& o, const LlamaConfig& config) {
+  const Index chunk_len = o.chunk > 0 ? o.chunk : config.seq_len;
+  if (chunk_len < 2) {
+    cli::fail("the model's seq_len is " + std::to_string(config.seq_len) +
+              ": a chunk needs BOS and at least one token to predict; pass --chunk N (N >= 2)");
+  }
+  if (chunk_len > config.seq_len) {
+    std::fprintf(stderr,
+                 "note: --chunk %lld is longer than the model's seq_len %lld; positions past it "
+                 "were never trained\n",
+                 static_cast<long long>(chunk_len), static_cast<long long>(config.seq_len));
+  }
+  return chunk_len;
+}
+
+struct Run {
+  msrnn::PolicyKind kind;
+  Index capacity;
+};
+
+// Every bounded policy at every capacity, full once (at the chunk length).
+std::vector<Run> plan_runs(const Options& o, Index chunk_len) {
+  std::vector<Run> runs;
+  for (msrnn::PolicyKind kind : o.policies) {
+    if (kind == msrnn::PolicyKind::full) {
+      runs.push_back({kind, chunk_len});
+      continue;
+    }
+    for (Index c : o.capacities) runs.push_back({kind, c});
+  }
+  return runs;
+}
+
+void show_progress(std::size_t run, std::size_t runs, const Run& r, Index done, Index total,
+                   double tokens_per_s) {
+  const int width = 30;
+  const int bar = static_cast<int>(width * done / total);
+  std::fprintf(stderr, "\r[%zu/%zu] %-5s C=%-6lld [%s%s] %lld/%lld chunks, %.0f tokens/s ", run,
+               runs, msrnn::policy_name(r.kind), static_cast<long long>(r.capacity),
+               std::string(static_cast<std::size_t>(bar), '#').c_str(),
+               std::string(static_cast<std::size_t>(width - bar), '.').c_str(),
+               static_cast<long long>(done), static_cast<long long>(total), tokens_per_s);
+}
+
+// The mean loss of one policy and capacity over the first n_chunks chunks.
+Row evaluate(LlamaModel& model, const Run& run, const std::vector<int>& stream, Index chunk_len,
+             Index n_chunks, std::size_t index, std::size_t runs) {
+  const bool progress = isatty(STDERR_FILENO) != 0;
+  double nll = 0.0;
+  Index count = 0;
+  const auto start = std::chrono::steady_clock::now();
+  for (Index c = 0; c < n_chunks; ++c) {
+    for (double loss : token_losses(model, chunk_tokens(stream, chunk_len, c))) {
+      nll += loss;
+      ++count;
+    }
+    if (progress) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      show_progress(index + 1, runs, run, c + 1, n_chunks, static_cast<double>(count) / seconds);
+    }
+  }
+  if (progress) std::fprintf(stderr, "\r\033[K");
+  const double mean = nll / static_cast<double>(count);
+  return {msrnn::policy_name(run.kind), run.capacity, count, mean, std::exp(mean)};
+}
+
+void write_csv(const std::string& path, const std::vector<Row>& rows) {
+  AtomicOutput out(path);
+  std::fprintf(out.file(), "policy,capacity,tokens,nll,ppl\n");
+  for (const Row& r : rows) {
+    std::fprintf(out.file(), "%s,%lld,%lld,%.10g,%.10g\n", r.policy.c_str(),
+                 static_cast<long long>(r.capacity), static_cast<long long>(r.tokens), r.nll,
+                 r.ppl);
+  }
+  out.commit();
 }
 
 // ppl against capacity (log x), one line per bounded policy, full as a horizontal line.
 void plot(const std::string& path, const std::vector<Row>& rows, const std::string& title) {
   std::ostringstream script;
-  script << "set terminal pngcairo size 900,600\nset output '" << path << "'\n"
-         << "set title '" << sanitized(title) << "' noenhanced\nset logscale x 2\n"
+  script << "set terminal pngcairo size 900,600\n"  // no `set output`: the image goes to stdout
+         << "set title '" << gnuplot_text(title) << "' noenhanced\nset logscale x 2\n"
          << "set xlabel 'multi-state size (capacity)'\nset ylabel 'perplexity'\nset key top right\n"
          << "set grid\n";
   std::vector<std::string> policies;
@@ -118,156 +272,49 @@ void plot(const std::string& path, const std::vector<Row>& rows, const std::stri
     }
     script << "e\n";
   }
-  FILE* gnuplot = popen("gnuplot", "w");
-  if (!gnuplot) cli::fail("--plot: cannot start gnuplot");
-  const std::string text = script.str();
-  std::fwrite(text.data(), 1, text.size(), gnuplot);
-  if (pclose(gnuplot) != 0) cli::fail("--plot: gnuplot failed to write " + path);
+  AtomicOutput out(path);
+  run_gnuplot(script.str(), out, path);
+  out.commit();
 }
+
+std::string base_name(const std::string& path) { return path.substr(path.find_last_of('/') + 1); }
 
 }  // namespace
 
 int run(int argc, char** argv) {
-  std::string text_path, csv_path, plot_path;
-  long long chunk = 0, chunks = 0;
-  std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
-                                             msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
-                                             msrnn::PolicyKind::tova};
-  std::vector<Index> capacities = {16, 32, 64, 128, 256};
-  cli::CommonFlags common;
-  cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
-    if (common.take(flag, value)) return true;
-    if (flag == "--text")
-      text_path = value;
-    else if (flag == "--csv")
-      csv_path = value;
-    else if (flag == "--plot")
-      plot_path = value;
-    else if (flag == "--chunk")
-      chunk = cli::parse_int(flag, value, 2);
-    else if (flag == "--chunks")
-      chunks = cli::parse_int(flag, value, 1);
-    else if (flag == "--policy") {
-      policies.clear();
-      for (const std::string& name : cli::parse_list(flag, value)) {
-        policies.push_back(cli::parse_policy(name));
-      }
-    } else if (flag == "--capacity") {
-      capacities.clear();
-      for (const std::string& c : cli::parse_list(flag, value)) {
-        capacities.push_back(cli::parse_int(flag, c, 0));
-      }
-    } else
-      return false;
-    return true;
-  });
-  if (text_path.empty()) cli::fail("--text FILE is required (see --help)");
-  // Outputs first: a bad --csv or --plot must not wait for the whole evaluation.
-  if (!csv_path.empty() && !std::ofstream(csv_path)) {
-    cli::fail(csv_path + ": cannot write the CSV file");
-  }
-  if (!plot_path.empty()) {
-    if (plot_path.find_first_of("'\"\n\\") != std::string::npos) {
-      cli::fail("--plot: '" + plot_path +
-                "' has a quote, backslash or newline; choose another name");
-    }
-    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-      cli::fail(
-          "--plot: gnuplot is not installed (apt-get install gnuplot-nox); without --plot "
-          "the table and --csv need no gnuplot");
-    }
-  }
-  const cli::ModelFiles files = common.load_model_files();
+  Options o = parse_options(argc, argv);
+  check_outputs(o);
+  const cli::ModelFiles files = o.common.load_model_files();
   const LlamaWeights& weights = files.weights;
-  const Tokenizer& tokenizer = files.tokenizer;
-  try {
-    require_regular_file(text_path, "text");
-  } catch (const FileError& e) {
-    cli::fail(e.what());
-  }
-  std::ifstream text_file(text_path, std::ios::binary);
-  if (!text_file) cli::fail(text_path + ": cannot open the text file");
-  const std::string text((std::istreambuf_iterator<char>(text_file)),
-                         std::istreambuf_iterator<char>());
-  if (text.empty()) cli::fail(text_path + ": the text file is empty");
-  if (!is_valid_utf8(text)) {
-    std::fprintf(stderr,
-                 "note: %s is not valid UTF-8; byte fallback encodes the invalid bytes "
-                 "one token each\n",
-                 text_path.c_str());
-  }
-  const std::vector<int> stream = encode_stream(tokenizer, text);
-  const Index chunk_len = chunk > 0 ? chunk : weights.config.seq_len;
-  if (chunk_len > weights.config.seq_len) {
-    std::fprintf(stderr,
-                 "note: --chunk %lld is longer than the model's seq_len %lld; positions past it "
-                 "were never trained\n",
-                 static_cast<long long>(chunk_len), static_cast<long long>(weights.config.seq_len));
-  }
+  const Index chunk_len = chunk_length(o, weights.config);
+  const std::vector<int> stream = read_stream(o.text_path, files.tokenizer);
   Index n_chunks = chunk_count(static_cast<Index>(stream.size()), chunk_len);
-  if (chunks > 0) n_chunks = std::min<Index>(n_chunks, chunks);
+  if (o.chunks > 0) n_chunks = std::min<Index>(n_chunks, o.chunks);
 
   // A chunk never holds more than the stream plus BOS: no cache needs more states than that.
   const Index max_tokens = std::min<Index>(chunk_len, static_cast<Index>(stream.size()) + 1);
+  const std::vector<Run> runs = plan_runs(o, chunk_len);
   // Every model first, so that a bad option fails before any work.
-  struct Run {
-    msrnn::PolicyKind kind;
-    Index capacity;
-  };
-  std::vector<Run> runs;
-  for (msrnn::PolicyKind kind : policies) {
-    if (kind == msrnn::PolicyKind::full) {
-      runs.push_back({kind, chunk_len});
-      continue;
-    }
-    for (Index c : capacities) runs.push_back({kind, c});
-  }
-  for (const Run& run : runs) {
-    cli::make_model(weights, common.settings(run.kind, run.capacity), max_tokens);
+  for (const Run& r : runs) {
+    cli::make_model(weights, o.common.settings(r.kind, r.capacity), max_tokens);
   }
 
-  const bool progress = isatty(STDERR_FILENO) != 0;
   std::vector<Row> rows;
   std::printf("%-8s %9s %9s %10s %10s\n", "policy", "capacity", "tokens", "nll/token", "ppl");
   for (std::size_t r = 0; r < runs.size(); ++r) {
     LlamaModel model =
-        cli::make_model(weights, common.settings(runs[r].kind, runs[r].capacity), max_tokens);
-    double nll = 0.0;
-    Index count = 0;
-    const auto start = std::chrono::steady_clock::now();
-    for (Index c = 0; c < n_chunks; ++c) {
-      for (double loss : token_losses(model, chunk_tokens(stream, chunk_len, c))) {
-        nll += loss;
-        ++count;
-      }
-      if (progress) {
-        const double seconds =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        const int width = 30;
-        const int done = static_cast<int>(width * (c + 1) / n_chunks);
-        std::fprintf(stderr, "\r[%zu/%zu] %-5s C=%-6lld [%s%s] %lld/%lld chunks, %.0f tokens/s ",
-                     r + 1, runs.size(), msrnn::policy_name(runs[r].kind),
-                     static_cast<long long>(runs[r].capacity),
-                     std::string(static_cast<std::size_t>(done), '#').c_str(),
-                     std::string(static_cast<std::size_t>(width - done), '.').c_str(),
-                     static_cast<long long>(c + 1), static_cast<long long>(n_chunks),
-                     static_cast<double>(count) / seconds);
-      }
-    }
-    if (progress) std::fprintf(stderr, "\r\033[K");
-    const double mean = nll / static_cast<double>(count);
-    rows.push_back(
-        {msrnn::policy_name(runs[r].kind), runs[r].capacity, count, mean, std::exp(mean)});
+        cli::make_model(weights, o.common.settings(runs[r].kind, runs[r].capacity), max_tokens);
+    rows.push_back(evaluate(model, runs[r], stream, chunk_len, n_chunks, r, runs.size()));
     std::printf("%-8s %9lld %9lld %10.4f %10.3f\n", rows.back().policy.c_str(),
-                static_cast<long long>(rows.back().capacity), static_cast<long long>(count), mean,
-                rows.back().ppl);
-    std::fflush(stdout);
+                static_cast<long long>(rows.back().capacity),
+                static_cast<long long>(rows.back().tokens), rows.back().nll, rows.back().ppl);
+    cli::check_stdout();
   }
-  if (!csv_path.empty()) write_csv(csv_path, rows);
-  if (!plot_path.empty()) {
-    std::string model_name = files.model_path.substr(files.model_path.find_last_of('/') + 1);
-    std::string text_name = text_path.substr(text_path.find_last_of('/') + 1);
-    plot(plot_path, rows, model_name + " on " + text_name + ", chunk " + std::to_string(chunk_len));
+  if (!o.csv_path.empty()) write_csv(o.csv_path, rows);
+  if (!o.plot_path.empty()) {
+    plot(o.plot_path, rows,
+         base_name(files.model_path) + " on " + base_name(o.text_path) + ", chunk " +
+             std::to_string(chunk_len));
   }
   return 0;
 }

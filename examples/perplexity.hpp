@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <istream>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -11,29 +14,51 @@
 
 namespace engine {
 
-/// The evaluation stream: the text split at '\n' (a final '\n' ends the last line), every
-/// non-empty line encoded on its own (dummy prefix, merges, byte fallback), every line followed
-/// by the newline byte token <0x0A>. No BOS.
+/// Appends one line of the evaluation stream (the line without its '\n'): its tokens when it
+/// is not empty (dummy prefix, merges, byte fallback), then the newline byte token <0x0A>.
+inline void encode_line(const Tokenizer& tokenizer, std::string_view line,
+                        std::vector<int>& stream) {
+  if (!line.empty()) {
+    const std::vector<int> tokens = tokenizer.encode(line, /*bos=*/false);
+    stream.insert(stream.end(), tokens.begin(), tokens.end());
+  }
+  stream.push_back(kFirstByteToken + '\n');
+}
+
+/// The evaluation stream: the text split at '\n' (a final '\n' ends the last line), every line
+/// as `encode_line` gives it. No BOS.
 inline std::vector<int> encode_stream(const Tokenizer& tokenizer, std::string_view text) {
   std::vector<int> stream;
-  const int newline = kFirstByteToken + '\n';
   std::size_t start = 0;
   while (start < text.size()) {
     std::size_t end = text.find('\n', start);
     if (end == std::string_view::npos) end = text.size();
-    const std::string_view line = text.substr(start, end - start);
-    if (!line.empty()) {
-      const std::vector<int> tokens = tokenizer.encode(line, /*bos=*/false);
-      stream.insert(stream.end(), tokens.begin(), tokens.end());
-    }
-    stream.push_back(newline);
+    encode_line(tokenizer, text.substr(start, end - start), stream);
     start = end + 1;
   }
   return stream;
 }
 
-/// Chunks of N tokens: chunk c is BOS then stream tokens [c (N-1), (c+1)(N-1)).
+/// The same stream read line by line from `in`: only the longest line is ever held as text.
+/// `on_line` sees each line before it is encoded (e.g. to check it is UTF-8).
+template <class OnLine>
+std::vector<int> encode_stream(const Tokenizer& tokenizer, std::istream& in, OnLine&& on_line) {
+  std::vector<int> stream;
+  std::string line;
+  while (std::getline(in, line)) {
+    on_line(line);
+    encode_line(tokenizer, line, stream);
+  }
+  return stream;
+}
+
+/// Chunks of N tokens: chunk c is BOS then stream tokens [c (N-1), (c+1)(N-1)). N >= 2: a chunk
+/// needs BOS and one token to predict.
 inline Index chunk_count(Index stream_size, Index chunk_len) {
+  if (chunk_len < 2) {
+    throw std::invalid_argument("chunk length " + std::to_string(chunk_len) +
+                                ": a chunk needs BOS and at least one token to predict");
+  }
   return (stream_size + chunk_len - 2) / (chunk_len - 1);
 }
 

@@ -7,7 +7,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <istream>
+#include <limits>
 #include <queue>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -24,22 +28,22 @@ class Tokenizer {
  public:
   /// Reads a llama2.c tokenizer file for a model of `vocab_size` pieces: int32
   /// max_token_length, then per piece float score, int32 length, bytes. Throws
-  /// FileError("<path>: <what>") for an empty, truncated or inconsistent file.
+  /// FileError("<path>: <what>") for an empty, truncated or inconsistent file. Streams the file:
+  /// memory is that of at most `vocab_size` pieces, whatever the file's size.
   Tokenizer(const std::string& path, Index vocab_size) {
     require_regular_file(path, "tokenizer");
     std::ifstream file(path, std::ios::binary | std::ios::ate);
     if (!file) throw FileError(path + ": cannot open the tokenizer file");
     const std::streamoff size = file.tellg();
-    std::vector<char> bytes(static_cast<std::size_t>(std::max<std::streamoff>(size, 0)));
+    if (size < 0) throw FileError(path + ": cannot read the tokenizer file");
     file.seekg(0);
-    file.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!file) throw FileError(path + ": cannot read the tokenizer file");
-    parse(bytes, vocab_size, path);
+    parse(file, static_cast<std::uint64_t>(size), vocab_size, path);
   }
 
   /// The tokenizer in `bytes` (the contents of a tokenizer file, named `name` in errors).
   Tokenizer(const std::vector<char>& bytes, Index vocab_size, const std::string& name) {
-    parse(bytes, vocab_size, name);
+    std::istringstream in(std::string(bytes.begin(), bytes.end()));
+    parse(in, bytes.size(), vocab_size, name);
   }
 
   Index vocab_size() const { return static_cast<Index>(pieces_.size()); }
@@ -49,7 +53,12 @@ class Tokenizer {
   /// looked up as pieces (byte fallback otherwise), then repeatedly the adjacent pair whose merged
   /// piece scores best is merged (the leftmost on equal scores). O(n log n): a heap of pairs.
   std::vector<int> encode(std::string_view text, bool bos) const {
+    if (text.size() >= std::numeric_limits<std::uint32_t>::max() - 2) {
+      throw std::length_error("a line of " + std::to_string(text.size()) +
+                              " bytes is too long to encode (at most 4 GiB)");
+    }
     std::vector<int> symbols;
+    symbols.reserve(text.size() + 2);
     if (!text.empty()) symbols.push_back(id_of(" "));
     for (std::size_t i = 0; i < text.size();) {
       const std::size_t n = code_point_length(text, i);
@@ -80,16 +89,23 @@ class Tokenizer {
   }
 
  private:
-  // Reads the pieces and scores from the bytes of a tokenizer file, checking every length.
-  void parse(const std::vector<char>& bytes, Index vocab_size, const std::string& path) {
+  // Reads the pieces and scores from the `size` bytes of a tokenizer file, checking every length
+  // before it is used. Pieces past `vocab_size` are counted and skipped, not stored, so that a
+  // mismatch can name both sizes.
+  void parse(std::istream& in, std::uint64_t size, Index vocab_size, const std::string& path) {
     auto fail = [&](const std::string& what) -> void { throw FileError(path + ": " + what); };
-    if (bytes.empty()) fail("the tokenizer file is empty");
-    std::size_t at = 0;
-    auto take = [&](void* out, std::size_t n, const char* what) {
-      if (bytes.size() - at < n) {
+    if (size == 0) fail("the tokenizer file is empty");
+    std::uint64_t at = 0;
+    auto take = [&](void* out, std::uint64_t n, const char* what) {
+      if (size - at < n) {
         fail(std::string("truncated at byte ") + std::to_string(at) + " (" + what + ")");
       }
-      std::memcpy(out, bytes.data() + at, n);
+      if (out) {
+        in.read(static_cast<char*>(out), static_cast<std::streamsize>(n));
+      } else {
+        in.seekg(static_cast<std::streamoff>(n), std::ios::cur);
+      }
+      if (!in) fail("cannot read byte " + std::to_string(at) + " (" + what + ")");
       at += n;
     };
     std::int32_t max_length = 0;
@@ -101,26 +117,33 @@ class Tokenizer {
       fail("the model's vocab_size " + std::to_string(vocab_size) +
            " is too small for byte fallback (259)");
     }
-    pieces_.resize(static_cast<std::size_t>(vocab_size));
-    scores_.resize(pieces_.size());
-    for (std::size_t i = 0; i < pieces_.size(); ++i) {
+    const auto wanted = static_cast<std::uint64_t>(vocab_size);
+    std::uint64_t count = 0;
+    for (; at < size; ++count) {
+      float score = 0.0f;
       std::int32_t length = 0;
-      take(&scores_[i], 4, "a piece's score");
+      take(&score, 4, "a piece's score");
       take(&length, 4, "a piece's length");
-      if (!std::isfinite(scores_[i]))
-        fail("piece " + std::to_string(i) + " has a score that is not finite");
+      if (!std::isfinite(score))
+        fail("piece " + std::to_string(count) + " has a score that is not finite");
       if (length < 0 || length > max_length) {
-        fail("piece " + std::to_string(i) + " has length " + std::to_string(length) +
+        fail("piece " + std::to_string(count) + " has length " + std::to_string(length) +
              ", outside 0..max_token_length (" + std::to_string(max_length) + ")");
       }
-      pieces_[i].resize(static_cast<std::size_t>(length));
-      take(pieces_[i].data(), static_cast<std::size_t>(length), "a piece's bytes");
-      ids_.emplace(pieces_[i], static_cast<int>(i));  // the first of equal pieces wins
+      if (count >= wanted) {
+        take(nullptr, static_cast<std::uint64_t>(length), "a piece's bytes");
+        continue;
+      }
+      std::string piece(static_cast<std::size_t>(length), '\0');
+      take(piece.data(), static_cast<std::uint64_t>(length), "a piece's bytes");
+      ids_.emplace(piece, static_cast<int>(count));  // the first of equal pieces wins
+      pieces_.push_back(std::move(piece));
+      scores_.push_back(score);
     }
-    if (at != bytes.size()) {
-      fail("has " + std::to_string(bytes.size() - at) + " bytes after piece " +
-           std::to_string(vocab_size - 1) + ": it does not match a vocabulary of " +
-           std::to_string(vocab_size));
+    if (count != wanted) {
+      fail("the tokenizer has " + std::to_string(count) +
+           " pieces, but the model's vocab_size is " + std::to_string(vocab_size) +
+           ": they do not belong together");
     }
     for (int b = 0; b < 256; ++b) {
       char name[8];
@@ -149,58 +172,66 @@ class Tokenizer {
     return n;
   }
 
-  // BPE merges over a linked list of symbols with a max-heap of candidate pairs. A heap entry is
-  // stale when either symbol has changed since it was pushed.
+  // BPE merges over a linked list of symbols with a max-heap of candidate pairs. A pair is known
+  // by its left symbol and that symbol's version, which changes whenever the pair starting there
+  // does (the symbol or its right neighbour is merged, or it dies): a heap entry whose version is
+  // out of date is stale. 16 bytes an entry and 12 per symbol besides the symbol itself: encoding
+  // a line of n bytes of English peaks at about 21 n bytes (52 n with 64-bit links and both
+  // versions in every entry; README, "Limits").
   void merge(std::vector<int>& symbols) const {
     const std::size_t n = symbols.size();
     if (n < 2) return;
-    std::vector<std::size_t> next(n), prev(n);
-    std::vector<unsigned> version(n, 0);
-    std::vector<bool> alive(n, true);
+    using Link = std::uint32_t;  // lines of up to 2^32 - 2 symbols (encode checks)
+    const Link none = std::numeric_limits<Link>::max();
+    std::vector<Link> next(n), prev(n);
+    std::vector<std::uint32_t> version(n, 0);
     for (std::size_t i = 0; i < n; ++i) {
-      next[i] = i + 1;
-      prev[i] = i == 0 ? n : i - 1;  // n: none
+      next[i] = i + 1 < n ? static_cast<Link>(i + 1) : none;
+      prev[i] = i == 0 ? none : static_cast<Link>(i - 1);
     }
     struct Pair {
       float score;
-      std::size_t left, right;
+      Link left;
+      std::uint32_t version;
       int merged;
-      unsigned left_version, right_version;
     };
     auto worse = [](const Pair& a, const Pair& b) {
       return a.score < b.score || (a.score == b.score && a.left > b.left);
     };
-    std::priority_queue<Pair, std::vector<Pair>, decltype(worse)> heap(worse);
+    std::vector<Pair> storage;
+    storage.reserve(n);
+    std::priority_queue<Pair, std::vector<Pair>, decltype(worse)> heap(worse, std::move(storage));
     std::string joined;
-    auto push = [&](std::size_t left) {
-      const std::size_t right = next[left];
-      if (right >= n) return;
+    auto push = [&](Link left) {
+      const Link right = next[left];
+      if (right == none) return;
       joined = pieces_[static_cast<std::size_t>(symbols[left])];
       joined += pieces_[static_cast<std::size_t>(symbols[right])];
       const auto found = ids_.find(joined);
       if (found == ids_.end()) return;
-      heap.push({scores_[static_cast<std::size_t>(found->second)], left, right, found->second,
-                 version[left], version[right]});
+      heap.push(
+          {scores_[static_cast<std::size_t>(found->second)], left, version[left], found->second});
     };
-    for (std::size_t i = 0; i + 1 < n; ++i) push(i);
+    for (std::size_t i = 0; i + 1 < n; ++i) push(static_cast<Link>(i));
     while (!heap.empty()) {
       const Pair best = heap.top();
       heap.pop();
-      const std::size_t right = next[best.left];
-      if (!alive[best.left] || right != best.right || version[best.left] != best.left_version ||
-          version[right] != best.right_version) {
-        continue;
+      if (version[best.left] != best.version) continue;
+      const Link left = best.left;
+      const Link right = next[left];
+      symbols[left] = best.merged;
+      ++version[left];
+      ++version[right];  // dead: no pair starts there any more
+      next[left] = next[right];
+      if (next[right] != none) prev[next[right]] = left;
+      if (prev[left] != none) {
+        ++version[prev[left]];  // its right neighbour changed
+        push(prev[left]);
       }
-      symbols[best.left] = best.merged;
-      ++version[best.left];
-      alive[right] = false;
-      next[best.left] = next[right];
-      if (next[right] < n) prev[next[right]] = best.left;
-      if (prev[best.left] < n) push(prev[best.left]);
-      push(best.left);
+      push(left);
     }
     std::size_t out = 0;
-    for (std::size_t i = 0; i < n; i = next[i]) symbols[out++] = symbols[i];
+    for (Link i = 0; i != none; i = next[i]) symbols[out++] = symbols[i];
     symbols.resize(out);
   }
 

@@ -1,7 +1,9 @@
 #include "tokenizer.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -129,6 +131,28 @@ TEST(Tokenizer, RoundTripsEveryText) {
     EXPECT_LT(tokens.size() * 3, text.size() * 2) << name;  // merges: over 1.5 bytes a token
     EXPECT_TRUE(decode_all(tokenizer, tokens) == text) << name;
   }
+}
+
+// Issue 9, 8: one long line (a text without newlines) is encoded in bounded memory: 16-byte heap
+// entries and 32-bit links, about 21 bytes per input byte (it was 52). The test program runs this
+// test alone (ctest), so the peak before is this test's own.
+TEST(Tokenizer, ALongLineIsEncodedInAboutTwentyBytesPerByte) {
+  REQUIRE_SHARED_FILE(kTokenizer);
+  const std::string text_path = shared_path("texts/emma.txt");
+  REQUIRE_SHARED_FILE(text_path);
+  const Tokenizer tokenizer(kTokenizer, kVocab);
+  std::string line = read_file(text_path).substr(0, 1 << 20);
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  line += line;  // 2 MiB
+  struct rusage before {
+  }, after{};
+  ::getrusage(RUSAGE_SELF, &before);
+  const std::vector<int> tokens = tokenizer.encode(line, true);
+  ::getrusage(RUSAGE_SELF, &after);
+  const double per_byte = static_cast<double>(after.ru_maxrss - before.ru_maxrss) * 1024.0 /
+                          static_cast<double>(line.size());
+  EXPECT_LT(per_byte, 32.0) << "bytes of peak memory per byte of the line";
+  EXPECT_TRUE(decode_all(tokenizer, tokens) == line);
 }
 
 TEST(Tokenizer, ByteFallbackRoundTripsInvalidUtf8) {

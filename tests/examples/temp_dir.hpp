@@ -1,0 +1,50 @@
+// A folder of a test's own under the system's temporary folder, removed with everything in it
+// when the object goes (the suite leaves nothing behind in /tmp).
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+namespace engine::testing {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = ::testing::TempDir() + "msrnn_test_XXXXXX";
+    if (!::mkdtemp(pattern.data())) throw std::runtime_error("cannot create " + pattern);
+    path_ = pattern;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+
+  const std::string& path() const { return path_; }
+  /// The path of `name` inside the folder (nothing is created).
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  /// Writes `bytes` to `name` inside the folder; returns its path.
+  std::string write(const std::string& name, const std::string& bytes) const {
+    const std::string path = file(name);
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    return path;
+  }
+
+ private:
+  std::string path_;
+};
+
+/// One folder for the whole test program, removed at its exit.
+inline const TempDir& process_temp_dir() {
+  static const TempDir dir;
+  return dir;
+}
+
+}  // namespace engine::testing

@@ -1,0 +1,445 @@
+// The command-line tools as a user meets them: bad input gets one line "error: ..." and status 2,
+// outputs never destroy inputs or earlier results, nothing hangs, no write failure goes unseen.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "checkpoint.hpp"
+#include "shared_data.hpp"
+#include "temp_dir.hpp"
+
+namespace engine {
+namespace {
+
+using testing::shared_path;
+
+const std::string kModel = shared_path("models/stories260K.bin");
+const std::string kTokenizer = shared_path("models/tok512.bin");
+const std::string kStories = shared_path("texts/TinyStories-valid.head30k.txt");
+
+const testing::TempDir& dir() { return testing::process_temp_dir(); }
+
+std::string bytes_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string write_temp(const std::string& name, const std::string& bytes) {
+  return dir().write(name, bytes);
+}
+
+std::string header_bytes(std::vector<std::int32_t> header) {
+  return std::string(reinterpret_cast<const char*>(header.data()), header.size() * 4);
+}
+
+bool mentions(const std::string& message, const std::string& text) {
+  return message.find(text) != std::string::npos;
+}
+
+// Single quotes for the shell.
+std::string quoted(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Outcome {
+  int status;
+  std::string out;
+  std::string err;
+};
+
+// Runs `tool args` through the shell (args are shell words), with `prefix` before it (e.g.
+// "cd X &&" or "timeout 20"), stdout to `stdout_to` (default: captured); its exit status and what
+// it wrote.
+Outcome run_tool(const std::string& tool, const std::string& args, const std::string& prefix = "",
+                 const std::string& stdout_to = "") {
+  const std::string out_path = dir().file("tool_stdout.txt");
+  const std::string err_path = dir().file("tool_stderr.txt");
+  const std::string command = prefix + " " + tool + " " + args + " > " +
+                              (stdout_to.empty() ? out_path : stdout_to) + " 2> " + err_path;
+  std::remove(out_path.c_str());
+  const int raw = std::system(command.c_str());
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, bytes_of(out_path), bytes_of(err_path)};
+}
+
+void expect_rejected(const std::string& tool, const std::string& args, const std::string& what,
+                     const std::string& prefix = "") {
+  const Outcome o = run_tool(tool, args, prefix);
+  EXPECT_EQ(o.status, 2) << args << "\n" << o.err;
+  EXPECT_EQ(o.err.rfind("error: ", 0), 0u) << args << "\n" << o.err;
+  EXPECT_TRUE(mentions(o.err, what)) << args << "\n" << o.err;
+  EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << "one line: " << o.err;
+}
+
+// Names in `folder` that start with '.' (AtomicOutput's temporary files).
+std::vector<std::string> hidden_files(const std::string& folder) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    const std::string name = entry.path().filename().string();
+    if (name[0] == '.') names.push_back(name);
+  }
+  return names;
+}
+
+TEST(CommandLine, ToolsRejectBadInputWithOneErrorLineAndStatus2) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kTokenizer);
+  const std::string generate = MSRNN_GENERATE_BIN;
+  const std::string perplexity = MSRNN_PERPLEXITY_BIN;
+  const std::string good = bytes_of(kModel);
+  const std::string files = " --model " + kModel + " --tokenizer " + kTokenizer;
+  const std::string truncated = write_temp("cli_truncated.bin", good.substr(0, 5000));
+  const std::string header_only = write_temp("cli_header.bin", good.substr(0, 28));
+  const std::string empty = write_temp("cli_empty.bin", "");
+  const std::string bad_tok = write_temp("cli_tok.bin", bytes_of(kTokenizer).substr(0, 300));
+  const std::string empty_text = write_temp("cli_empty.txt", "");
+
+  expect_rejected(generate, "--model /nonexistent/m.bin --tokenizer " + kTokenizer,
+                  "/nonexistent/m.bin: cannot open");
+  expect_rejected(generate, "--model " + truncated + " --tokenizer " + kTokenizer,
+                  truncated + ": the file has 5000 bytes");
+  expect_rejected(generate, "--model " + header_only + " --tokenizer " + kTokenizer, "truncated");
+  expect_rejected(generate, "--model " + empty + " --tokenizer " + kTokenizer, "empty");
+  expect_rejected(generate, "--model " + kModel + " --tokenizer " + bad_tok,
+                  bad_tok + ": truncated");
+  expect_rejected(generate, files + " --capacity 12abc", "--capacity: '12abc'");
+  expect_rejected(generate, files + " --steps -3", "--steps: '-3'");
+  expect_rejected(generate, files + " --policy lru", "unknown policy 'lru'");
+  expect_rejected(generate, files + " --policy tova --capacity 0", "capacity = 0");
+  expect_rejected(generate, files + " --policy sink --capacity 4",
+                  "sinks = 4: must be smaller than capacity (4)");
+  expect_rejected(generate, files + " --policy h2o --capacity 8 --recent 8", "recent = 8");
+  expect_rejected(generate, files + " --positions sideways", "--positions: 'sideways'");
+  expect_rejected(generate, files + " --bogus 1", "unknown flag '--bogus'");
+  expect_rejected(generate, files + " --steps", "--steps needs a value");
+  expect_rejected(generate, "--model " + kModel + " --tokenizer " + ::testing::TempDir(),
+                  "is not a regular file");
+  expect_rejected(perplexity, files + " --text " + ::testing::TempDir(), "is not a regular file");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --policy full,", "empty item");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --csv /nonexistent/x.csv",
+                  "/nonexistent/x.csv: its folder /nonexistent does not exist");
+  const std::string absurd = write_temp(
+      "cli_absurd.bin", header_bytes({1 << 20, 172, 1 << 10, 8, 4, 512, 512}) + good.substr(28));
+  expect_rejected(generate, "--model " + absurd + " --tokenizer " + kTokenizer, "truncated");
+  expect_rejected(perplexity, files, "--text FILE is required");
+  expect_rejected(perplexity, files + " --text /nonexistent.txt", "/nonexistent.txt: cannot open");
+  expect_rejected(perplexity, files + " --text " + empty_text, "is empty");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --capacity 16,x",
+                  "--capacity: 'x'");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --policy window,lru", "'lru'");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --chunk 1", "--chunk: '1'");
+}
+
+TEST(CommandLine, ExtremeButValidSettingsWork) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kTokenizer);
+  const std::string files = " --model " + kModel + " --tokenizer " + kTokenizer;
+  // A capacity far beyond what the run can hold allocates only what it can hold.
+  EXPECT_EQ(
+      run_tool(MSRNN_GENERATE_BIN, files + " --policy tova --capacity 1000000000000 --steps 20")
+          .status,
+      0);
+  // A temperature so small that logits / T overflows.
+  EXPECT_EQ(run_tool(MSRNN_GENERATE_BIN, files + " --temperature 1e-38 --steps 20 --seed 5").status,
+            0);
+  // A bounded cache runs past the model's context (512).
+  const Outcome long_run =
+      run_tool(MSRNN_GENERATE_BIN, files + " --policy sink --capacity 32 --steps 700 --seed 7");
+  EXPECT_EQ(long_run.status, 0) << long_run.err;
+  EXPECT_TRUE(mentions(long_run.err, "capacity 32"));
+}
+
+TEST(CommandLine, WarnsAboutNonFiniteWeightsAndNonUtf8Text) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kTokenizer);
+  std::string bytes = bytes_of(kModel);
+  const float inf = std::numeric_limits<float>::infinity();
+  std::memcpy(&bytes[28 + 4 * 100], &inf, 4);  // one embedding weight
+  const std::string model = write_temp("inf.bin", bytes);
+  const Outcome gen = run_tool(MSRNN_GENERATE_BIN, "--model " + model + " --tokenizer " +
+                                                       kTokenizer + " --steps 5 --seed 1");
+  EXPECT_EQ(gen.status, 0) << gen.err;
+  EXPECT_TRUE(mentions(gen.err, "warning: " + model + ": 1 weights are NaN or infinite"))
+      << gen.err;
+  const std::string text = write_temp("latin1.txt", "caf\xe9 au lait\n");
+  const Outcome ppl =
+      run_tool(MSRNN_PERPLEXITY_BIN, "--model " + kModel + " --tokenizer " + kTokenizer +
+                                         " --text " + text + " --policy window --capacity 4");
+  EXPECT_EQ(ppl.status, 0) << ppl.err;
+  EXPECT_TRUE(mentions(ppl.err, "is not valid UTF-8; byte fallback")) << ppl.err;
+}
+
+TEST(CommandLine, PerplexityWritesItsCsv) {
+  REQUIRE_SHARED_FILE(kModel);
+  const std::string text = shared_path("texts/TinyStories-valid.head30k.txt");
+  REQUIRE_SHARED_FILE(text);
+  const std::string csv = dir().file("ppl.csv");
+  const Outcome o =
+      run_tool(MSRNN_PERPLEXITY_BIN, "--model " + kModel + " --tokenizer " + kTokenizer +
+                                         " --text " + text + " --chunks 2 --chunk 128" +
+                                         " --policy full,tova --capacity 16,32 --csv " + csv);
+  ASSERT_EQ(o.status, 0) << o.err;
+  const std::string table = bytes_of(csv);
+  EXPECT_EQ(table.rfind("policy,capacity,tokens,nll,ppl\nfull,128,254,", 0), 0u) << table;
+  EXPECT_TRUE(mentions(table, "\ntova,16,254,"));
+  EXPECT_TRUE(mentions(table, "\ntova,32,254,"));
+}
+
+// A llama2.c checkpoint file of `weights` (header, then the floats in their order).
+std::string checkpoint_bytes(const LlamaWeights& w) {
+  const LlamaConfig& c = w.config;
+  const auto i32 = [](Index x) { return static_cast<std::int32_t>(x); };
+  std::string bytes = header_bytes(
+      {i32(c.dim), i32(c.hidden_dim), i32(c.n_layers), i32(c.n_heads), i32(c.n_kv_heads),
+       c.shared_classifier ? i32(c.vocab_size) : -i32(c.vocab_size), i32(c.seq_len)});
+  bytes.append(reinterpret_cast<const char*>(w.data.data()), w.data.size() * sizeof(float));
+  return bytes;
+}
+
+// Issue 9, 1: an output that is an input is refused, by identity, and the input is untouched.
+TEST(CommandLine, AnOutputThatIsAnInputIsRefusedAndTheInputKept) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const testing::TempDir here;
+  const std::string book = here.write("book.txt", bytes_of(kStories));
+  const std::string model = here.write("model.bin", bytes_of(kModel));
+  const std::string tok = here.write("tok.bin", bytes_of(kTokenizer));
+  ASSERT_EQ(::link(book.c_str(), here.file("hardlink.txt").c_str()), 0);
+  const std::string run = "--model " + model + " --tokenizer " + tok + " --text " + book +
+                          " --policy window --capacity 16 --chunks 1";
+  expect_rejected(MSRNN_PERPLEXITY_BIN, run + " --csv " + book, "is also the --text input");
+  expect_rejected(MSRNN_PERPLEXITY_BIN,
+                  run + " --csv " + here.path() + "/./../" +
+                      std::filesystem::path(here.path()).filename().string() + "/book.txt",
+                  "is also the --text input");
+  expect_rejected(MSRNN_PERPLEXITY_BIN, run + " --csv " + here.file("hardlink.txt"),
+                  "is also the --text input");
+  expect_rejected(MSRNN_PERPLEXITY_BIN, run + " --csv " + model, "is also the --model input");
+  expect_rejected(MSRNN_PERPLEXITY_BIN, run + " --plot " + tok, "is also the --tokenizer input");
+  expect_rejected(MSRNN_PERPLEXITY_BIN,
+                  run + " --csv " + here.file("x.png") + " --plot " + here.file("x.png"),
+                  "--csv and --plot name the same file");
+  EXPECT_EQ(bytes_of(book), bytes_of(kStories));
+  EXPECT_EQ(bytes_of(model), bytes_of(kModel));
+  EXPECT_EQ(bytes_of(tok), bytes_of(kTokenizer));
+}
+
+// Issue 9, 1: a run that fails keeps the earlier CSV; one that succeeds replaces it whole, with
+// the mode it had, and leaves no temporary file.
+TEST(CommandLine, TheCsvIsReplacedOnlyByASuccessfulRun) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const testing::TempDir here;
+  const std::string csv = here.write("ppl.csv", "an earlier result\n");
+  ASSERT_EQ(::chmod(csv.c_str(), 0640), 0);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer + " --text " +
+                            kStories + " --chunks 1 --chunk 64 --csv " + csv;
+  // Fails after the outputs are checked (the capacity is checked with the models).
+  expect_rejected(MSRNN_PERPLEXITY_BIN, files + " --policy sink --capacity 4", "sinks = 4");
+  EXPECT_EQ(bytes_of(csv), "an earlier result\n");
+  const Outcome ok = run_tool(MSRNN_PERPLEXITY_BIN, files + " --policy window --capacity 16");
+  ASSERT_EQ(ok.status, 0) << ok.err;
+  EXPECT_EQ(bytes_of(csv).rfind("policy,capacity,tokens,nll,ppl\nwindow,16,63,", 0), 0u)
+      << bytes_of(csv);
+  struct stat info {};
+  ASSERT_EQ(::stat(csv.c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0640u);
+  EXPECT_TRUE(hidden_files(here.path()).empty());
+}
+
+// Issue 9, 2: no character of --plot reaches gnuplot, whose output '|cmd' would run cmd.
+TEST(CommandLine, APlotPathCannotRunACommand) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const testing::TempDir here;
+  const Outcome o = run_tool(MSRNN_PERPLEXITY_BIN,
+                             "--model " + kModel + " --tokenizer " + kTokenizer + " --text " +
+                                 kStories + " --chunks 1 --chunk 64 --policy window,tova" +
+                                 " --capacity 8,16 --plot " + quoted("|touch pwned"),
+                             "cd " + here.path() + " &&");
+  EXPECT_FALSE(std::filesystem::exists(here.file("pwned"))) << "gnuplot ran the plot path";
+  if (testing::running_in_ci() || o.status == 0) {
+    ASSERT_EQ(o.status, 0) << o.err;
+    // The image is where the name says, a file called "|touch pwned".
+    EXPECT_EQ(bytes_of(here.file("|touch pwned")).substr(0, 4), "\x89PNG");
+  } else {
+    EXPECT_TRUE(mentions(o.err, "gnuplot is not installed")) << o.err;
+  }
+  EXPECT_TRUE(hidden_files(here.path()).empty());
+}
+
+// Issue 9, 2 and 4: impossible outputs are refused before any work (nothing on stdout), and a
+// FIFO output, with or without a reader, does not hang the tool.
+TEST(CommandLine, ImpossibleOutputsAreRefusedBeforeAnyWork) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const testing::TempDir here;
+  ASSERT_EQ(::mkfifo(here.file("fifo.csv").c_str(), 0600), 0);
+  ASSERT_EQ(::mkfifo(here.file("read.csv").c_str(), 0600), 0);
+  const std::string run = "--model " + kModel + " --tokenizer " + kTokenizer + " --text " +
+                          kStories + " --chunks 1 --policy window --capacity 16";
+  for (const auto& [args, what] : std::vector<std::pair<std::string, std::string>>{
+           {"--plot /nonexistent/dir/p.png", "its folder /nonexistent/dir does not exist"},
+           {"--plot /dev/full", "/dev/full: is not a regular file"},
+           {"--csv /dev/full", "/dev/full: is not a regular file"},
+           {"--csv " + here.path(), "is not a regular file"},
+           {"--csv " + here.file("fifo.csv"), "fifo.csv: is not a regular file"},
+           {"--csv /nonexistent/x.csv", "does not exist"}}) {
+    const Outcome o = run_tool(MSRNN_PERPLEXITY_BIN, run + " " + args, "timeout 60");
+    EXPECT_EQ(o.status, 2) << args << "\n" << o.err;
+    EXPECT_TRUE(mentions(o.err, what)) << args << "\n" << o.err;
+    EXPECT_EQ(o.out, "") << "worked before refusing " << args;
+  }
+  // A reader waiting on the FIFO (it gives up after 10 s, so nothing is left running).
+  const std::string reader = "(timeout 10 cat " + here.file("read.csv") + " > /dev/null 2>&1 &) ;";
+  const Outcome o = run_tool(MSRNN_PERPLEXITY_BIN, run + " --csv " + here.file("read.csv"),
+                             reader + " timeout 60");
+  EXPECT_EQ(o.status, 2) << o.err;
+  EXPECT_TRUE(mentions(o.err, "is not a regular file")) << o.err;
+}
+
+// Issue 9, 3: a model whose context is one token cannot make chunks; the tool says so.
+TEST(CommandLine, AModelWithSeqLenOneNeedsAChunkFlag) {
+  REQUIRE_SHARED_FILE(kTokenizer);
+  LlamaConfig c;
+  c.dim = 16;
+  c.hidden_dim = 32;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.vocab_size = 512;
+  c.seq_len = 1;
+  const testing::TempDir here;
+  const std::string model = here.write("seq1.bin", checkpoint_bytes(random_weights(c, 3)));
+  const std::string text = here.write("t.txt", "One day a cat sat.\n");
+  const std::string run = "--model " + model + " --tokenizer " + kTokenizer + " --text " + text +
+                          " --policy window --capacity 4";
+  expect_rejected(MSRNN_PERPLEXITY_BIN, run, "the model's seq_len is 1");
+  const Outcome o = run_tool(MSRNN_PERPLEXITY_BIN, run + " --chunk 8");
+  EXPECT_EQ(o.status, 0) << o.err;
+  EXPECT_TRUE(mentions(o.out, "window")) << o.out;
+}
+
+// Issue 9, 4: a FIFO where the tools look for the model or tokenizer is not opened.
+TEST(CommandLine, AFifoInTheModelFolderDoesNotHang) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kTokenizer);
+  for (const std::string fifo : {"stories260K.bin", "tok512.bin"}) {
+    const testing::TempDir models;
+    for (const std::string name : {"stories260K.bin", "tok512.bin"}) {
+      if (name == fifo) {
+        ASSERT_EQ(::mkfifo(models.file(name).c_str(), 0600), 0);
+      } else {
+        models.write(name, bytes_of(name == "tok512.bin" ? kTokenizer : kModel));
+      }
+    }
+    expect_rejected(MSRNN_GENERATE_BIN, "--steps 3", models.file(fifo) + ": is not a regular file",
+                    "MSRNN_MODEL_DIR=" + models.path() + " timeout 60");
+  }
+}
+
+// Issue 9, 5: output that cannot be written is an error, on stdout as in files.
+TEST(CommandLine, LostWritesToStdoutAreErrors) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  for (const auto& [tool, args] : std::vector<std::pair<std::string, std::string>>{
+           {MSRNN_GENERATE_BIN, files + " --steps 20 --seed 1"},
+           {MSRNN_GENERATE_BIN, files + " --steps 20 --seed 1 --policy window --capacity 8"},
+           {MSRNN_PERPLEXITY_BIN,
+            files + " --text " + kStories + " --chunks 1 --policy window --capacity 8"}}) {
+    const Outcome o = run_tool(tool, args, "", "/dev/full");
+    EXPECT_EQ(o.status, 2) << args << "\n" << o.err;
+    EXPECT_TRUE(mentions(o.err, "error: stdout: cannot write the output")) << o.err;
+  }
+}
+
+// Issue 9, 8: a KV state larger than the machine is refused before anything is allocated.
+TEST(CommandLine, AKvStateLargerThanTheMachineIsRefusedUpFront) {
+  REQUIRE_SHARED_FILE(kModel);
+  expect_rejected(MSRNN_GENERATE_BIN,
+                  "--model " + kModel + " --tokenizer " + kTokenizer +
+                      " --policy window --capacity 100000000000 --steps 100000000000",
+                  "more than this machine's");
+}
+
+// Issue 9, 9: flags a policy ignores are warned about; --flag=value is accepted; a prompt
+// longer than --steps says so.
+TEST(CommandLine, IgnoredFlagsWarnAndFlagEqualsValueWorks) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  const Outcome recent = run_tool(
+      MSRNN_GENERATE_BIN, files + " --steps 5 --seed 1 --policy tova --capacity 8 --recent 2");
+  EXPECT_EQ(recent.status, 0);
+  EXPECT_TRUE(mentions(recent.err, "warning: --recent is only used by the h2o policy"))
+      << recent.err;
+  const Outcome sinks = run_tool(MSRNN_GENERATE_BIN,
+                                 files + " --steps 5 --seed 1 --policy h2o --capacity 8 --sinks 2");
+  EXPECT_TRUE(mentions(sinks.err, "warning: --sinks is only used by the sink policy")) << sinks.err;
+  const Outcome capacity = run_tool(MSRNN_GENERATE_BIN, files + " --steps 5 --seed 1 --capacity 8");
+  EXPECT_TRUE(mentions(capacity.err, "warning: --capacity is ignored by the full policy"))
+      << capacity.err;
+  const Outcome quiet = run_tool(
+      MSRNN_GENERATE_BIN, files + " --steps 5 --seed 1 --policy h2o --capacity 8 --recent 2");
+  EXPECT_FALSE(mentions(quiet.err, "warning")) << quiet.err;
+  const Outcome ppl =
+      run_tool(MSRNN_PERPLEXITY_BIN, files + " --text " + kStories +
+                                         " --chunks 1 --policy window,tova --sinks 2 --capacity 8");
+  EXPECT_TRUE(mentions(ppl.err, "warning: --sinks is only used by the sink policy")) << ppl.err;
+
+  const std::string greedy = " --temperature 0 --policy tova --capacity 16 --steps 40";
+  const Outcome spaced = run_tool(MSRNN_GENERATE_BIN, files + greedy);
+  const Outcome equals =
+      run_tool(MSRNN_GENERATE_BIN, "--model=" + kModel + " --tokenizer=" + kTokenizer +
+                                       " --temperature=0 --policy=tova --capacity=16 --steps=40");
+  ASSERT_EQ(spaced.status, 0) << spaced.err;
+  ASSERT_EQ(equals.status, 0) << equals.err;
+  EXPECT_EQ(equals.out, spaced.out);
+  EXPECT_FALSE(spaced.out.empty());
+  expect_rejected(MSRNN_GENERATE_BIN, files + " --steps=", "--steps: '' is not a whole number");
+
+  const Outcome prompt = run_tool(
+      MSRNN_GENERATE_BIN, files + " --steps 3 --prompt " + quoted("Once upon a time there"));
+  EXPECT_EQ(prompt.status, 0);
+  EXPECT_TRUE(mentions(prompt.err,
+                       "warning: the prompt has 6 tokens (BOS included), more than "
+                       "--steps 3"))
+      << prompt.err;
+}
+
+}  // namespace
+}  // namespace engine
+
+#include "cli.hpp"
+
+namespace engine {
+namespace {
+
+TEST(CommandLine, AMissingModelSaysWhereToPutIt) {
+  EXPECT_EXIT(
+      std::exit(cli::guarded_main([] {
+        cli::find_model_file("no_such_model.bin", "--model");
+        return 0;
+      })),
+      ::testing::ExitedWithCode(2),
+      "error: cannot find no_such_model.bin \\(looked in .*shared/models, .*/models\\); put "
+      "it in one of them, set MSRNN_MODEL_DIR, or pass --model");
+}
+
+}  // namespace
+}  // namespace engine
