@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "test_util.hpp"
@@ -97,6 +99,40 @@ TEST(Attention, CausalChunkEqualsDecodingEachTokenOverItsPrefix) {
         EXPECT_TRUE(out.middleRows(i * group, group).isApprox(o, 1e-5f)) << "token " << i;
         EXPECT_TRUE(probs.block(i * group, 0, group, visible).isApprox(p, 1e-5f));
         EXPECT_TRUE((probs.block(i * group, visible, group, n - visible).array() == 0.0f).all());
+      }
+    }
+  }
+}
+
+// The causal mask is a probability of 0, and 0 * NaN, 0 * inf are NaN: a non-finite key or value
+// of token j must reach tokens j and later only, as when each token is decoded over its prefix.
+TEST(Attention, CausalChunkKeepsANonFiniteStateFromTheTokensBeforeIt) {
+  const Index d = 8;
+  const float kNaN = std::numeric_limits<float>::quiet_NaN();
+  const float kInf = std::numeric_limits<float>::infinity();
+  for (Index group : {1, 2}) {
+    for (Index before : {0, 3}) {
+      for (int poison = 0; poison < 4; ++poison) {  // NaN value, inf value, NaN key, inf key
+        SCOPED_TRACE("group " + std::to_string(group) + " before " + std::to_string(before) +
+                     " poison " + std::to_string(poison));
+        const Index t = 6;
+        const Index n = before + t;
+        const Index bad = before + 4;  // token 4 of the chunk
+        const RowMatrix q = random_matrix(t * group, d, 7);
+        RowMatrix k = random_matrix(n, d, 8);
+        RowMatrix v = random_matrix(n, d, 9);
+        RowMatrix& target = poison < 2 ? v : k;
+        target(bad, 2) = poison % 2 == 0 ? kNaN : kInf;
+        RowMatrix probs(t * group, n), out(t * group, d);
+        attend_causal(q, k, v, 0.25f, before, group, probs, out);
+        for (Index i = 0; i < bad - before; ++i) {  // the tokens that do not see it
+          const Index visible = before + i + 1;
+          RowMatrix p(group, visible), o(group, d);
+          attend(q.middleRows(i * group, group), k.topRows(visible), v.topRows(visible), 0.25f, p,
+                 o);
+          ASSERT_TRUE(out.middleRows(i * group, group).allFinite()) << "token " << i;
+          EXPECT_TRUE(out.middleRows(i * group, group).isApprox(o, 1e-5f)) << "token " << i;
+        }
       }
     }
   }

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -85,6 +87,16 @@ TEST(CacheConfig, BadValuesThrowNamingTheParameterAndValue) {
   EXPECT_EQ(message(good), "");
 }
 
+TEST(CacheConfig, APositionModeThatIsNeitherAbsoluteNorInCacheIsRejected) {
+  CacheConfig c = small_config(4, 2, 8, 16);
+  c.positions = static_cast<PositionMode>(5);
+  for (bool rope : {false, true}) {
+    if (rope) c.rope = Rope(8);
+    const std::string message = invalid_argument_message([&] { AnyCache cache(c, Window{}); });
+    EXPECT_TRUE(mentions(message, "positions = 5")) << message;
+  }
+}
+
 TEST(MultiStateCache, AppendToFullGrowsPastItsReservation) {
   MultiStateCache<Full> cache(small_config(4, 2, 8, 2));  // 2 slots reserved
   const RowMatrix kv = testing::random_matrix(5, 16, 4);
@@ -130,6 +142,164 @@ TEST(MultiStateCache, AppendRejectsWhatDoesNotFitOrGoesBackwards) {
                "(0 of 4)"));
 }
 
+// Positions are in [0, kMaxPosition): append rejects a position or a `seen` past the limit before
+// any arithmetic on them can overflow, and changes nothing.
+TEST(MultiStateCache, AppendRejectsPositionsAndSeenPastTheLimit) {
+  constexpr Index kHuge = std::numeric_limits<Index>::max();
+  MultiStateCache<H2O> cache(small_config(4, 2, 8, 4));
+  const RowMatrix kv = random_matrix(2, 16, 3);
+  const RowMatrix one = kv.topRows(1);
+  auto append_message = [&](const std::vector<Index>& positions, std::optional<Index> seen) {
+    return invalid_argument_message([&] {
+      cache.append(0, kv.topRows(static_cast<Index>(positions.empty() ? 1 : positions.size())),
+                   kv.topRows(static_cast<Index>(positions.empty() ? 1 : positions.size())),
+                   positions, seen);
+    });
+  };
+  const std::string limit = std::to_string(kMaxPosition);
+  std::string m = append_message({kMaxPosition}, std::nullopt);
+  EXPECT_TRUE(mentions(m, "positions = " + limit + ": must be below kMaxPosition")) << m;
+  m = append_message({kHuge}, std::nullopt);
+  EXPECT_TRUE(mentions(m, "positions = " + std::to_string(kHuge))) << m;
+  m = append_message({0, kHuge}, std::nullopt);
+  EXPECT_TRUE(mentions(m, "positions = " + std::to_string(kHuge))) << m;
+  m = append_message({kMaxPosition - 1}, kMaxPosition + 1);
+  EXPECT_TRUE(
+      mentions(m, "seen = " + std::to_string(kMaxPosition + 1) + ": must be at most kMaxPosition"))
+      << m;
+  m = append_message({}, kHuge);
+  EXPECT_TRUE(mentions(m, "seen = " + std::to_string(kHuge))) << m;
+  EXPECT_EQ(cache.size(0), 0);  // a rejected call changes nothing
+  EXPECT_EQ(cache.tokens_seen(0), 0);
+
+  // Implied positions (empty `positions`) count from tokens_seen and must stay below it too.
+  cache.append(0, one, one, {}, kMaxPosition);
+  EXPECT_EQ(cache.tokens_seen(0), kMaxPosition);
+  m = invalid_argument_message([&] { cache.append(0, one, one); });
+  EXPECT_TRUE(mentions(m, "k.rows() = 1")) << m;
+  EXPECT_TRUE(mentions(m, "below kMaxPosition")) << m;
+  EXPECT_EQ(cache.size(0), 1);
+}
+
+// The last position below the limit is accepted and the steps after it count on without
+// overflowing (ASan + UBSan build: no report), whatever the policy and position mode.
+TEST(MultiStateCache, APositionJustBelowTheLimitIsAcceptedAndSteppedPast) {
+  for (PolicyKind kind : {PolicyKind::full, PolicyKind::window, PolicyKind::sink, PolicyKind::h2o,
+                          PolicyKind::tova}) {
+    for (int mode = 0; mode < 3; ++mode) {  // host positions, absolute, in_cache
+      for (bool normalize : {false, true}) {
+        SCOPED_TRACE(std::string(policy_name(kind)) + " mode " + std::to_string(mode) +
+                     " normalize " + std::to_string(normalize));
+        CacheConfig config = small_config(4, 2, 8, 3);
+        if (mode > 0) config.rope = Rope(8);
+        if (mode == 2) config.positions = PositionMode::in_cache;
+        PolicyOptions options;
+        options.kind = kind;
+        options.sinks = 1;
+        options.normalize = normalize;
+        AnyCache cache(config, make_policy(options));
+        const RowMatrix kv = random_matrix(2, 16, 5);
+        cache.append(0, kv, kv, {0, kMaxPosition - 1});
+        EXPECT_EQ(cache.tokens_seen(0), kMaxPosition);
+        const RowMatrix out = feed(cache, 4, 6);
+        EXPECT_TRUE(out.allFinite());
+        EXPECT_EQ(cache.tokens_seen(0), kMaxPosition + 4);
+        EXPECT_EQ(cache.kept_positions(0, 1).back(), kMaxPosition + 3);
+        // The chunk path too: products while there is room, then token by token.
+        AnyCache restored(config, make_policy(options));
+        restored.append(0, kv.topRows(1), kv.topRows(1), {kMaxPosition - 1}, kMaxPosition);
+        RowMatrix chunk_out(4, 32);
+        restored.step_chunk(0, random_matrix(4, 32, 7), random_matrix(4, 16, 8),
+                            random_matrix(4, 16, 9), chunk_out);
+        EXPECT_TRUE(chunk_out.allFinite());
+        EXPECT_EQ(restored.tokens_seen(0), kMaxPosition + 4);
+      }
+    }
+  }
+}
+
+// A moved-from cache is an empty one: every call that needs a layer says it was moved from,
+// the noexcept ones answer 0 or do nothing, a copy of it is moved-from too, and assigning a
+// constructed cache makes it usable again.
+template <class Cache>
+void expect_moved_from(Cache& cache) {
+  const std::string moved = "msrnn: cache = moved-from: assign a constructed cache";
+  RowMatrix q(4, 8), kv(2, 8), out(4, 8), chunk_q(1, 32), chunk_kv(1, 16), chunk_out(1, 32);
+  q.setOnes();
+  kv.setOnes();
+  chunk_q.setOnes();
+  chunk_kv.setOnes();
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.size(0); }), moved));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.tokens_seen(0); }), moved));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.kept_positions(0, 0); }), moved));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.step(0, q, kv, kv, out); }), moved));
+  EXPECT_TRUE(mentions(invalid_argument_message(
+                           [&] { cache.step_chunk(0, chunk_q, chunk_kv, chunk_kv, chunk_out); }),
+                       moved));
+  EXPECT_TRUE(
+      mentions(invalid_argument_message([&] { cache.append(0, chunk_kv, chunk_kv); }), moved));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.size(7); }), moved));
+  cache.reset();
+  EXPECT_EQ(cache.state_bytes(), 0u);
+  EXPECT_EQ(cache.slots(), 0);
+  EXPECT_EQ(cache.capacity(), 0);
+  Cache copy = cache.copy();
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { copy.size(0); }), moved));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { copy.step(0, q, kv, kv, out); }), moved));
+  EXPECT_EQ(copy.slots(), 0);
+}
+
+template <class Cache>
+void expect_moves_leave_an_empty_cache(Cache make_cache()) {
+  // Move construction: the new cache goes on exactly as the old one would have.
+  Cache a = make_cache();
+  feed(a, 7, 1);
+  Cache twin = a.copy();
+  Cache b = std::move(a);
+  expect_moved_from(a);
+  EXPECT_TRUE(feed(b, 5, 2) == feed(twin, 5, 2));
+  EXPECT_EQ(b.kept_positions(0, 1), twin.kept_positions(0, 1));
+  a = make_cache();  // assigning a constructed cache revives it
+  feed(a, 3, 3);
+  EXPECT_EQ(a.size(0), 3);
+  EXPECT_EQ(a.kept_positions(0, 0), (std::vector<Index>{0, 1, 2}));
+
+  // Move assignment, into a cache that was in use.
+  Cache c = make_cache();
+  feed(c, 9, 4);
+  c = std::move(b);
+  expect_moved_from(b);
+  EXPECT_TRUE(feed(c, 4, 5) == feed(twin, 4, 5));
+  b = std::move(c);
+  expect_moved_from(c);
+  EXPECT_TRUE(feed(b, 2, 6) == feed(twin, 2, 6));
+  // Moving a moved-from cache gives a moved-from cache; a self-move leaves one too.
+  Cache d = std::move(c);
+  expect_moved_from(d);
+  Cache& alias = b;
+  b = std::move(alias);
+  expect_moved_from(b);
+}
+
+template <Index kThreads, class Policy>
+MultiStateCache<Policy> make_test_cache() {
+  CacheConfig config = small_config(4, 2, 8, 5);
+  config.rope = Rope(8);
+  config.positions = PositionMode::in_cache;
+  config.threads = kThreads;
+  Policy policy{};
+  if constexpr (std::is_same_v<Policy, AnyPolicy>) policy = WindowPlusI{1};
+  return MultiStateCache<Policy>(config, policy);
+}
+
+TEST(MultiStateCache, AMovedFromCacheIsEmptyAndSaysSo) {
+  expect_moves_leave_an_empty_cache<AnyCache>(make_test_cache<1, AnyPolicy>);
+  expect_moves_leave_an_empty_cache<AnyCache>(make_test_cache<2, AnyPolicy>);
+  expect_moves_leave_an_empty_cache<MultiStateCache<TOVA>>(make_test_cache<1, TOVA>);
+  expect_moves_leave_an_empty_cache<MultiStateCache<TOVA>>(make_test_cache<2, TOVA>);
+  expect_moves_leave_an_empty_cache<MultiStateCache<H2O>>(make_test_cache<2, H2O>);
+}
+
 TEST(MultiStateCache, WrongShapesAndLayersThrowNamingTheArgument) {
   MultiStateCache<Window> cache(small_config(4, 2, 8, 16, 2));
   RowMatrix q(4, 8), kv(2, 8), out(4, 8);
@@ -164,6 +334,8 @@ static_assert(noexcept(std::declval<const AnyCache&>().slots()));
 static_assert(noexcept(std::declval<const AnyCache&>().state_bytes()));
 static_assert(noexcept(std::declval<const AnyCache&>().config()));
 static_assert(std::is_nothrow_move_constructible_v<AnyCache>);
+static_assert(std::is_nothrow_move_assignable_v<AnyCache>);
+static_assert(std::is_nothrow_move_constructible_v<MultiStateCache<TOVA>>);
 static_assert(!std::is_copy_constructible_v<AnyCache>);  // copies are explicit: copy()
 
 TEST(MultiStateCache, StepNeverThrowsWithValidArguments) {

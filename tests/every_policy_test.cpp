@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -439,6 +441,311 @@ TYPED_TEST(EveryPolicy, AppendWithoutPositionsTakesTheNextOnes) {
     ASSERT_EQ(all_kept(appended), all_kept(stepped));
     // The next outputs depend only on the kept keys and values, not on earlier scores.
     EXPECT_TRUE(step_token(appended, s, 5) == step_token(stepped, s, 5));
+  }
+}
+
+// ---- non-finite keys and values ----------------------------------------------------------------
+//
+// The rule (detail/select_victim.hpp, and the interface on `Window`): a state whose priority is not
+// finite ranks below every finite one, ties among them to the oldest, and protection comes first.
+// A NaN key of KV head g makes every probability that g's query heads give NaN (the softmax sums
+// it in), so each state held beside it in g gets a NaN score: H2O keeps it in its accumulated
+// score, TOVA sees it while the poisoned state is attended.
+
+enum class Poison { nan_key_one_head, nan_key_every_head, inf_key, nan_value };
+const Poison kPoisons[] = {Poison::nan_key_one_head, Poison::nan_key_every_head, Poison::inf_key,
+                           Poison::nan_value};
+
+const char* poison_name(Poison p) {
+  switch (p) {
+    case Poison::nan_key_one_head:
+      return "NaN key in KV head 1";
+    case Poison::nan_key_every_head:
+      return "NaN key in every KV head";
+    case Poison::inf_key:
+      return "+inf key in KV head 1";
+    case Poison::nan_value:
+      return "NaN value in KV head 1";
+  }
+  return "?";
+}
+
+// The KV heads whose key or value `p` poisons: head 1, or all of them.
+std::vector<Index> poisoned_heads(Poison p, Index n_kv) {
+  std::vector<Index> heads;
+  for (Index g = 0; g < n_kv; ++g) {
+    if (p == Poison::nan_key_every_head || g == 1) heads.push_back(g);
+  }
+  return heads;
+}
+
+// Writes the poison into token `at` of layer 0. The +inf key is +inf in every entry: q.k then adds
+// +inf and -inf terms (a random query has entries of both signs), so it is NaN as well.
+void add_poison(Stream& s, const CacheConfig& c, Index at, Poison p) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const Index d = c.head_dim;
+  for (Index g : poisoned_heads(p, c.n_kv_heads)) {
+    if (p == Poison::nan_value) {
+      s.v[0].row(at).segment(g * d, d).setConstant(nan);
+    } else {
+      s.k[0].row(at).segment(g * d, d).setConstant(p == Poison::inf_key ? inf : nan);
+    }
+  }
+}
+
+// Equal, or both NaN.
+bool same(float a, float b) { return a == b || (std::isnan(a) && std::isnan(b)); }
+
+// Whether query head h's output (head_dim floats of row `out`) is finite.
+bool head_finite(const RowMatrix& out, Index h, Index d) {
+  return out.row(0).segment(h * d, d).allFinite();
+}
+
+bool contains(const std::vector<Index>& kept, Index p) {
+  return std::binary_search(kept.begin(), kept.end(), p);
+}
+
+// The first step after which `p` is no longer kept in KV head g, or `end` if it stays.
+Index departure(const std::vector<std::vector<std::vector<Index>>>& kept, Index g, Index p,
+                Index end) {
+  for (Index t = p; t < end; ++t) {
+    if (!contains(kept[static_cast<std::size_t>(t)][static_cast<std::size_t>(g)], p)) return t;
+  }
+  return end;
+}
+
+TYPED_TEST(EveryPolicy, ANonFiniteStateIsEvictedAndTheKeptSetMovesOn) {
+  constexpr Index kCapacity = 8;
+  constexpr Index kAt = kCapacity + 3;                // the cache is full when the poison arrives
+  constexpr Index kTokens = kAt + 1 + 3 * kCapacity;  // then 3 C finite tokens
+  const Shape shape{4, 2, 8};
+  const Index d = shape.d;
+  const Index group = shape.n_q / shape.n_kv;
+  for (const PolicyOptions& options : variants<TypeParam>()) {
+    for (Positions positions : {Positions::host, Positions::in_cache}) {
+      for (Poison poison : kPoisons) {
+        SCOPED_TRACE(describe(options) + " positions=" +
+                     std::to_string(static_cast<int>(positions)) + " " + poison_name(poison));
+        const CacheConfig config = make_config(shape, kCapacity, positions, 1);
+        CacheConfig threaded = config;
+        threaded.threads = 2;
+        const Stream clean = make_stream(config, kTokens, 41);
+        Stream s = clean;
+        add_poison(s, config, kAt, poison);
+        MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
+        MultiStateCache<TypeParam> parallel(threaded, make<TypeParam>(options));
+        MultiStateCache<TypeParam> unpoisoned(config, make<TypeParam>(options));
+        MaskedReference reference(config, options);
+        std::vector<std::vector<std::vector<Index>>> kept, clean_kept;  // [t][g] after step t
+        std::vector<RowMatrix> outs, clean_outs;                        // [t] (1, n_q * d)
+        for (Index t = 0; t < kTokens; ++t) {
+          outs.push_back(step_token(cache, s, t));
+          clean_outs.push_back(step_token(unpoisoned, clean, t));
+          const RowMatrix parallel_out = step_token(parallel, s, t);
+          for (Index i = 0; i < parallel_out.size(); ++i) {
+            ASSERT_TRUE(same(parallel_out(i), outs.back()(i))) << "threads: token " << t;
+          }
+          ASSERT_EQ(all_kept(parallel), all_kept(cache)) << "threads: token " << t;
+          const std::vector<double> want =
+              reference.step(0, s.q[0].row(t).data(), s.k[0].row(t).data(), s.v[0].row(t).data());
+          for (Index i = 0; i < outs.back().cols(); ++i) {
+            const float got = outs.back()(0, i);
+            const double w = want[static_cast<std::size_t>(i)];
+            ASSERT_EQ(std::isfinite(got), std::isfinite(w)) << "token " << t << " entry " << i;
+            if (std::isfinite(w)) {
+              ASSERT_NEAR(got, w, 2e-5) << "token " << t << " entry " << i;
+            }
+          }
+          kept.push_back(all_kept(cache));
+          clean_kept.push_back(all_kept(unpoisoned));
+          for (Index g = 0; g < config.n_kv_heads; ++g) {
+            // The reference applies the same rule on its own (tests/reference).
+            ASSERT_EQ(kept.back()[static_cast<std::size_t>(g)], reference.kept(0, g))
+                << "token " << t << " kv head " << g;
+          }
+        }
+
+        // (a) When the poisoned position leaves the KV heads it poisons. Window keeps the last C
+        // positions: it goes C steps later; WindowPlusI keeps the last C - sinks besides the
+        // sinks. H2O and TOVA: while it is held, every state beside it gets a NaN score, so the
+        // oldest goes each step; C states older than it were held when it came, so it goes
+        // exactly C steps later (H2O protects at most C - 1 newest: the oldest is never
+        // protected). A NaN value leaves the scores alone: the kept sets are those of the clean
+        // run, step for step. Full keeps it.
+        const std::vector<Index> heads = poisoned_heads(poison, config.n_kv_heads);
+        Index gone = kAt;  // the step after which it has left every poisoned head
+        for (Index g : heads) {
+          const Index left = departure(kept, g, kAt, kTokens);
+          gone = std::max(gone, left);
+          switch (options.kind) {
+            case PolicyKind::full:
+              EXPECT_EQ(left, kTokens) << "kv head " << g;
+              break;
+            case PolicyKind::window:
+              EXPECT_EQ(left, kAt + kCapacity) << "kv head " << g;
+              break;
+            case PolicyKind::sink:
+              EXPECT_EQ(left, kAt + kCapacity - options.sinks) << "kv head " << g;
+              break;
+            case PolicyKind::h2o:
+            case PolicyKind::tova:
+              if (poison != Poison::nan_value) {
+                EXPECT_EQ(left, kAt + kCapacity) << "kv head " << g;
+              }
+              break;
+          }
+        }
+        if (poison == Poison::nan_value) {
+          for (Index t = 0; t < kTokens; ++t) {
+            ASSERT_EQ(kept[static_cast<std::size_t>(t)], clean_kept[static_cast<std::size_t>(t)])
+                << "token " << t;
+          }
+        }
+
+        // (b) Query heads of a poisoned KV head give non-finite outputs exactly in the steps that
+        // attend the poisoned state (a NaN key or value reaches every output of its head); once
+        // it has gone from every head, all outputs are finite.
+        for (Index t = 0; t < kTokens; ++t) {
+          const RowMatrix& out = outs[static_cast<std::size_t>(t)];
+          for (Index g : heads) {
+            const bool attended =
+                t >= kAt &&
+                (t == kAt ||
+                 contains(kept[static_cast<std::size_t>(t - 1)][static_cast<std::size_t>(g)], kAt));
+            for (Index h = g * group; h < (g + 1) * group; ++h) {
+              EXPECT_EQ(head_finite(out, h, d), !attended) << "token " << t << " head " << h;
+            }
+          }
+          if (t > gone) {
+            EXPECT_TRUE(out.allFinite()) << "token " << t;
+          }
+        }
+        if (options.kind == PolicyKind::full) continue;
+
+        // (c) The kept set moves on. Window, WindowPlusI and H2O with recent >= 1 keep the newest
+        // position at every step. Every bounded policy changes its kept set at least once in
+        // every C steps after the poisoned state has gone: a frozen cache (NaN losing every
+        // comparison) evicts each new token at once. (Which tokens TOVA keeps then depends on
+        // the data; the agreement with the reference above pins it.)
+        const Index recent = options.recent < 0 ? kCapacity / 2 : options.recent;
+        const bool keeps_newest = options.kind == PolicyKind::window ||
+                                  options.kind == PolicyKind::sink ||
+                                  (options.kind == PolicyKind::h2o && recent >= 1);
+        for (Index t = kAt; t < kTokens; ++t) {
+          for (Index g = 0; g < config.n_kv_heads; ++g) {
+            if (keeps_newest) {
+              EXPECT_TRUE(
+                  contains(kept[static_cast<std::size_t>(t)][static_cast<std::size_t>(g)], t))
+                  << "token " << t << " kv head " << g;
+            }
+          }
+        }
+        for (Index t = gone + kCapacity; t < kTokens; ++t) {
+          bool moved = false;
+          for (Index u = t - kCapacity + 1; u <= t; ++u) {
+            moved =
+                moved || kept[static_cast<std::size_t>(u)] != kept[static_cast<std::size_t>(u - 1)];
+          }
+          EXPECT_TRUE(moved) << "the kept set did not change in the " << kCapacity
+                             << " steps up to token " << t;
+        }
+        // H2O keeps the NaN scores of the states that were held beside the poisoned one: they go
+        // first, oldest first, so the C tokens after it each stay, and then the poisoned heads
+        // hold exactly the C positions after `gone`.
+        if (options.kind == PolicyKind::h2o && poison != Poison::nan_value) {
+          ASSERT_LT(gone + kCapacity, kTokens) << "the poisoned state never left";
+          for (Index g : heads) {
+            std::vector<Index> want;
+            for (Index p = gone + 1; p <= gone + kCapacity; ++p) want.push_back(p);
+            EXPECT_EQ(kept[static_cast<std::size_t>(gone + kCapacity)][static_cast<std::size_t>(g)],
+                      want)
+                << "kv head " << g;
+          }
+        }
+        // A NaN value changes no score (above: the kept sets of the clean run); once the poisoned
+        // state has gone, the outputs are the clean run's bit for bit.
+        if (poison == Poison::nan_value) {
+          for (Index t = gone + 1; t < kTokens; ++t) {
+            EXPECT_TRUE(outs[static_cast<std::size_t>(t)] ==
+                        clean_outs[static_cast<std::size_t>(t)])
+                << "token " << t;
+          }
+        }
+      }
+    }
+  }
+}
+
+// (d) The sinks are never evicted, poisoned or not (documented on `Window` and WindowPlusI): a
+// poisoned sink stays, its KV head's outputs stay non-finite until reset, and the window after the
+// sinks moves on as usual.
+TEST(NonFinite, APoisonedSinkStaysAndTheWindowMovesOn) {
+  constexpr Index kCapacity = 8;
+  constexpr Index kTokens = 4 * kCapacity;
+  for (const PolicyOptions& options : variants<WindowPlusI>()) {
+    for (Poison poison : {Poison::nan_key_one_head, Poison::nan_value}) {
+      SCOPED_TRACE(describe(options) + " " + poison_name(poison));
+      const CacheConfig config = make_config({4, 2, 8}, kCapacity, Positions::in_cache, 1);
+      Stream s = make_stream(config, kTokens, 43);
+      add_poison(s, config, 0, poison);
+      MultiStateCache<WindowPlusI> cache(config, make<WindowPlusI>(options));
+      for (Index t = 0; t < kTokens; ++t) {
+        const RowMatrix out = step_token(cache, s, t);
+        std::vector<Index> want;
+        for (Index p = 0; p < std::min(options.sinks, t + 1); ++p) want.push_back(p);
+        for (Index p = std::max(options.sinks, t - (kCapacity - options.sinks) + 1); p <= t; ++p) {
+          want.push_back(p);
+        }
+        for (Index g = 0; g < 2; ++g) EXPECT_EQ(cache.kept_positions(0, g), want) << "token " << t;
+        EXPECT_TRUE(out.leftCols(2 * 8).allFinite()) << "token " << t;    // query heads of g = 0
+        EXPECT_FALSE(out.rightCols(2 * 8).allFinite()) << "token " << t;  // of the poisoned g = 1
+      }
+      cache.reset();
+      const Stream fresh = make_stream(config, 3, 44);
+      for (Index t = 0; t < 3; ++t) EXPECT_TRUE(step_token(cache, fresh, t).allFinite());
+    }
+  }
+}
+
+// The chunk path sees a poisoned token in its matrix products (before the cache is full) and in its
+// token-by-token part (after): its outputs and kept states are the step path's, non-finite
+// entries included.
+TYPED_TEST(EveryPolicy, TheChunkPathTreatsANonFiniteStateAsTheStepPathDoes) {
+  constexpr Index kCapacity = 8;
+  constexpr Index kTokens = 4 * kCapacity;
+  for (const PolicyOptions& options : variants<TypeParam>()) {
+    for (Positions positions : {Positions::host, Positions::in_cache}) {
+      for (Poison poison : kPoisons) {
+        for (Index at : {Index{0}, Index{3}, kCapacity + 3}) {
+          for (const std::vector<Index>& pieces :
+               {std::vector<Index>{}, std::vector<Index>{5, 1}}) {
+            SCOPED_TRACE(describe(options) + " positions=" +
+                         std::to_string(static_cast<int>(positions)) + " " + poison_name(poison) +
+                         " at " + std::to_string(at) + " pieces " + std::to_string(pieces.size()));
+            CacheConfig config = make_config({4, 2, 8}, kCapacity, positions, 1);
+            config.max_chunk = 4;
+            Stream s = make_stream(config, kTokens, 47);
+            add_poison(s, config, at, poison);
+            MultiStateCache<TypeParam> chunked(config, make<TypeParam>(options));
+            MultiStateCache<TypeParam> stepped(config, make<TypeParam>(options));
+            const RowMatrix got = feed_chunks(chunked, s, kTokens, pieces);
+            for (Index t = 0; t < kTokens; ++t) {
+              const RowMatrix want = step_token(stepped, s, t);
+              for (Index h = 0; h < config.n_q_heads; ++h) {
+                const RowVector g = got.block(t, h * 8, 1, 8);  // query head h of token t
+                const RowVector w = want.block(0, h * 8, 1, 8);
+                ASSERT_EQ(g.allFinite(), w.allFinite()) << "token " << t << " head " << h;
+                if (w.allFinite()) {
+                  ASSERT_TRUE(g.isApprox(w, 1e-5f)) << "token " << t << " head " << h;
+                }
+              }
+            }
+            EXPECT_EQ(all_kept(chunked), all_kept(stepped));
+          }
+        }
+      }
+    }
   }
 }
 

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "msrnn/cache.hpp"
 #include "test_util.hpp"
@@ -117,6 +119,65 @@ TEST(Policy, APolicyThatProtectsEverythingLosesItsOldestState) {
                testing::random_matrix(1, 4, 3), out);
   }
   EXPECT_EQ(cache.kept_positions(0, 0), (std::vector<Index>{3, 4}));
+}
+
+}  // namespace
+}  // namespace msrnn
+
+namespace msrnn {
+namespace {
+
+TEST(TOVA, RejectsAGranularityThatIsNeitherLayerNorHead) {
+  const auto bad = static_cast<TovaGranularity>(7);
+  TOVA tova{bad};
+  std::string message = invalid_argument_message([&] { tova.prepare(4); });
+  EXPECT_NE(message.find("granularity = 7"), std::string::npos) << message;
+  message = invalid_argument_message([&] { AnyCache cache(small_config(2, 2, 4, 4), TOVA{bad}); });
+  EXPECT_NE(message.find("granularity = 7"), std::string::npos) << message;
+  PolicyOptions options;
+  options.kind = PolicyKind::tova;
+  options.granularity = bad;
+  message = invalid_argument_message(
+      [&] { AnyCache cache(small_config(2, 2, 4, 4), make_policy(options)); });
+  EXPECT_NE(message.find("granularity = 7"), std::string::npos) << message;
+  for (TovaGranularity good : {TovaGranularity::layer, TovaGranularity::head}) {
+    EXPECT_EQ(invalid_argument_message([&] { TOVA{good}.prepare(4); }), "");
+  }
+}
+
+// A policy whose priority is the score itself and which protects the first `sinks` positions.
+struct ScoreIsPriority : Window {
+  Index sinks = 0;
+  bool protects(Index position, Index /*newest*/) const noexcept { return position < sinks; }
+  float priority(float score, Index /*position*/, Index /*newest*/) const noexcept { return score; }
+};
+
+Index victim_of(const std::vector<float>& score, const std::vector<Index>& position,
+                Index sinks = 0) {
+  ScoreIsPriority policy;
+  policy.sinks = sinks;
+  return detail::select_victim(policy, score.data(), position.data(),
+                               static_cast<Index>(score.size()), 100);
+}
+
+// The rule (select_victim.hpp): a priority that is not finite ranks below every finite one, ties
+// among non-finite ones go to the oldest position, and protection comes first.
+TEST(SelectVictim, ANonFinitePriorityRanksBelowEveryFiniteOne) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(victim_of({0.5f, 0.1f, 0.2f}, {0, 1, 2}), 1);  // finite: the lowest
+  EXPECT_EQ(victim_of({0.5f, nan, 0.2f, 0.1f}, {0, 1, 2, 3}), 1);
+  EXPECT_EQ(victim_of({nan, 0.1f}, {7, 2}), 0);  // a NaN in the first slot too
+  EXPECT_EQ(victim_of({0.1f, 0.5f, nan}, {0, 1, 2}), 2);
+  EXPECT_EQ(victim_of({0.5f, inf, 0.2f}, {0, 1, 2}), 1);  // +inf is not the highest
+  EXPECT_EQ(victim_of({0.5f, -inf, 0.2f}, {0, 1, 2}), 1);
+  // Among non-finite ones, the oldest, whatever their kind and slot order.
+  EXPECT_EQ(victim_of({nan, inf, -inf, 0.1f}, {5, 3, 9, 1}), 1);
+  EXPECT_EQ(victim_of({-inf, nan}, {4, 2}), 1);
+  EXPECT_EQ(victim_of({nan, nan, nan}, {8, 6, 7}), 1);
+  // Protected states stay protected, poisoned or not.
+  EXPECT_EQ(victim_of({nan, inf, 0.3f, 0.1f}, {0, 1, 5, 6}, 4), 3);
+  EXPECT_EQ(victim_of({nan, 0.3f, nan, 0.1f}, {0, 5, 6, 7}, 4), 2);
 }
 
 }  // namespace

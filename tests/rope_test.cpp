@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "test_util.hpp"
@@ -100,6 +103,45 @@ TEST(Rope, RejectsOddOrEmptyHeadDimAndBadTheta) {
   RowMatrix wrong(2, 6);
   EXPECT_NE(invalid_argument_message([&] { rope.rotate(wrong, 1); }).find("x.cols() = 6"),
             std::string::npos);
+}
+
+TEST(Rope, RejectsALayoutThatIsNotOneOfTheTwo) {
+  const std::string message =
+      invalid_argument_message([] { Rope rope(8, 10000.0, static_cast<RopeLayout>(2)); });
+  EXPECT_NE(message.find("layout = 2"), std::string::npos) << message;
+  EXPECT_EQ(invalid_argument_message([] { Rope rope(8, 10000.0, RopeLayout::half_split); }), "");
+}
+
+// The angle is position * frequency in double: defined (and a rotation) for any Index, the
+// largest a cache can reach included.
+TEST(Rope, AnglesOfHugePositionsAreFiniteRotations) {
+  Rope rope(8);
+  for (Index position : {kMaxPosition - 1, kMaxPosition + 1000, std::numeric_limits<Index>::max(),
+                         std::numeric_limits<Index>::min()}) {
+    std::vector<float> c(4), s(4);
+    rope.angles(position, c.data(), s.data());
+    for (std::size_t i = 0; i < c.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(c[i]) && std::isfinite(s[i])) << position;
+      EXPECT_NEAR(double{c[i]} * c[i] + double{s[i]} * s[i], 1.0, 1e-6) << position;
+    }
+    RowMatrix x = random_matrix(2, 8, 6);
+    const Eigen::VectorXf before = x.rowwise().norm();
+    rope.rotate(x, position);
+    EXPECT_TRUE(x.rowwise().norm().isApprox(before, 1e-5f)) << position;
+  }
+}
+
+// A moved-from Rope is an empty one (head_dim 0), not one that reads frequencies it no longer has.
+TEST(Rope, AMovedFromRopeIsEmpty) {
+  Rope rope(8);
+  const Rope moved = std::move(rope);
+  EXPECT_EQ(moved.head_dim(), 8);
+  EXPECT_EQ(rope.head_dim(), 0);  // NOLINT(bugprone-use-after-move): the state is specified
+  RowMatrix x(2, 8);
+  EXPECT_NE(invalid_argument_message([&] { rope.rotate(x, 3); }).find("x.cols() = 8"),
+            std::string::npos);
+  rope = Rope(4);
+  EXPECT_EQ(rope.head_dim(), 4);
 }
 
 }  // namespace

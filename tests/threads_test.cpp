@@ -3,11 +3,29 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "msrnn/cache.hpp"
 #include "test_util.hpp"
+
+#if defined(__GLIBC__)
+#include <pthread.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#endif
+
+// Sanitizers reserve address space of their own: a limit on it breaks them, not the threads.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define MSRNN_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define MSRNN_TEST_SANITIZED 1
+#endif
+#endif
 
 namespace msrnn {
 namespace {
@@ -100,6 +118,63 @@ TEST(Threads, IndependentCachesInParallelEqualTheirSequentialRuns) {
 TEST(Threads, CachesWithWorkerThreadsEqualSingleThreadedOnes) {
   expect_parallel_runs_equal_sequential(
       {PolicyKind::full, PolicyKind::sink, PolicyKind::h2o, PolicyKind::tova}, 2);
+}
+
+#if defined(__GLIBC__) && !defined(MSRNN_TEST_SANITIZED)
+// Limits this process's address space to what it maps now plus room for `stacks` default thread
+// stacks, so that the next thread stacks cannot be mapped (std::thread throws std::system_error).
+bool leave_room_for_thread_stacks(double stacks) {
+  pthread_attr_t attr;
+  std::size_t stack = 0;
+  if (pthread_getattr_default_np(&attr) != 0) return false;
+  pthread_attr_getstacksize(&attr, &stack);
+  pthread_attr_destroy(&attr);
+  std::ifstream statm("/proc/self/statm");
+  unsigned long long pages = 0;
+  if (!(statm >> pages)) return false;
+  rlimit limit{};
+  if (getrlimit(RLIMIT_AS, &limit) != 0) return false;
+  limit.rlim_cur =
+      static_cast<rlim_t>(pages * static_cast<unsigned long long>(sysconf(_SC_PAGESIZE)) +
+                          static_cast<unsigned long long>(stacks * static_cast<double>(stack)));
+  return setrlimit(RLIMIT_AS, &limit) == 0;
+}
+#endif
+
+// The constructor and copy() let std::system_error out when a worker thread cannot start, after
+// joining the workers already started (were one left joinable, its std::thread would end the
+// program with std::terminate). In a child process, whose address space is then limited.
+TEST(ThreadsDeathTest, AThreadThatCannotStartThrowsSystemErrorAndLeavesNoneRunning) {
+#if !defined(__GLIBC__) || defined(MSRNN_TEST_SANITIZED)
+  GTEST_SKIP() << "needs glibc and no sanitizer (it limits the address space)";
+#else
+  EXPECT_EXIT(
+      {
+        CacheConfig config = small_config(8, 8, 8, 16);
+        config.threads = 2;
+        AnyCache running = testing::any_cache(config, PolicyKind::tova);  // before the limit
+        // The copy first: glibc keeps the stacks of joined threads for the next ones.
+        if (!leave_room_for_thread_stacks(0.5)) std::_Exit(2);
+        int caught = 0;
+        try {
+          AnyCache copy = running.copy();
+        } catch (const std::system_error&) {
+          ++caught;
+        }
+        config.threads = 8;
+        if (!leave_room_for_thread_stacks(2.5)) std::_Exit(2);
+        try {
+          AnyCache cache = testing::any_cache(config, PolicyKind::tova);  // 2 start, then none
+        } catch (const std::system_error&) {
+          ++caught;
+        }
+        RowMatrix out(8, 8);
+        running.step(0, random_matrix(8, 8, 1), random_matrix(8, 8, 2), random_matrix(8, 8, 3),
+                     out);  // the original is untouched
+        std::_Exit(caught == 2 && out.allFinite() ? 0 : 10 + caught);
+      },
+      ::testing::ExitedWithCode(0), "");
+#endif
 }
 
 }  // namespace

@@ -181,19 +181,31 @@ inline void attend(const Eigen::Ref<const RowMatrix>& q, const Eigen::Ref<const 
 ///   out    (t * group, head_dim)     written
 ///
 /// One matrix-matrix product for the scores and one for the output. May allocate (Eigen's
-/// blocking buffers for large products).
+/// blocking buffers for large products). A non-finite key or value of token i reaches the
+/// outputs of tokens i and later only, as in `attend` over each token's prefix.
 inline void attend_causal(const Eigen::Ref<const RowMatrix>& q,
                           const Eigen::Ref<const RowMatrix>& keys,
                           const Eigen::Ref<const RowMatrix>& values, float scale, Index n_before,
                           Index group, Eigen::Ref<RowMatrix> probs, Eigen::Ref<RowMatrix> out) {
   const Index n = keys.rows();
-  assert(group >= 1 && q.rows() % group == 0 && n == n_before + q.rows() / group);
+  const Index t = q.rows() / group;
+  assert(group >= 1 && q.rows() % group == 0 && n == n_before + t);
   assert(values.rows() == n && probs.rows() == q.rows() && probs.cols() == n);
   probs.noalias() = q * keys.transpose();
   for (Index r = 0; r < probs.rows(); ++r) {
     softmax_prefix(&probs(r, 0), n_before + r / group + 1, n, scale);
   }
-  out.noalias() = probs * values;
+  // The mask is a probability of 0, and 0 * NaN and 0 * inf are NaN: with a non-finite value
+  // among the new tokens, the product would hand it to the tokens before, so each row then takes
+  // only the values it sees. (The check reads t rows; the product costs t * group * n of them.)
+  if (values.bottomRows(t).allFinite()) {
+    out.noalias() = probs * values;
+  } else {
+    for (Index r = 0; r < probs.rows(); ++r) {
+      const Index visible = n_before + r / group + 1;
+      out.row(r).noalias() = probs.row(r).head(visible) * values.topRows(visible);
+    }
+  }
 }
 
 }  // namespace msrnn

@@ -67,6 +67,11 @@ struct CacheConfig {
 /// `Policy` is one of the policies (see `Window` for their interface) or `AnyPolicy`, chosen at
 /// run time; the cache dispatches on it once per call, never per slot. Thread safety: distinct
 /// caches may be used from distinct threads; one cache, by one thread at a time.
+///
+/// A moved-from cache is empty: `step`, `step_chunk`, `append`, `size`, `tokens_seen` and
+/// `kept_positions` throw std::invalid_argument ("cache = moved-from"), `reset` does nothing,
+/// `capacity`, `slots` and `state_bytes` are 0, and its `copy()` is moved-from too. Assigning a
+/// constructed cache to it makes it usable again.
 template <class Policy = AnyPolicy>
 class MultiStateCache {
   static_assert(std::is_same_v<Policy, AnyPolicy> || is_policy_v<Policy>,
@@ -75,7 +80,13 @@ class MultiStateCache {
  public:
   /// Checks the configuration and allocates all storage. Throws std::invalid_argument naming the
   /// parameter and its value: capacity 0, sinks >= capacity, recent >= capacity, n_q_heads not a
-  /// multiple of n_kv_heads, a rope whose head_dim differs, in_cache positions without a rope...
+  /// multiple of n_kv_heads, a rope whose head_dim differs, in_cache positions without a rope, a
+  /// positions or granularity value that is none of its enum's...; std::bad_alloc; and
+  /// std::system_error when config.threads > 1 and a worker thread cannot be started (the workers
+  /// already started are joined first, so nothing is left running).
+  ///
+  /// Time and touched memory do not depend on the capacity: the storage is allocated, not
+  /// written, and becomes resident as slots are first used (nor does `reset` write it).
   explicit MultiStateCache(const CacheConfig& config, Policy policy = Policy{})
       : config_(config), policy_(std::move(policy)) {
     using detail::require;
@@ -93,6 +104,10 @@ class MultiStateCache {
       require(config.rope->head_dim() == config.head_dim, "rope.head_dim", config.rope->head_dim(),
               "must equal head_dim (" + std::to_string(config.head_dim) + ")");
     }
+    require(
+        config.positions == PositionMode::absolute || config.positions == PositionMode::in_cache,
+        "positions", static_cast<int>(config.positions),
+        "must be PositionMode::absolute or PositionMode::in_cache");
     require(config.rope.has_value() || config.positions == PositionMode::absolute, "positions",
             to_string(config.positions), "needs a rope (set CacheConfig::rope)");
     const float default_scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
@@ -125,9 +140,8 @@ class MultiStateCache {
 
     group_ = config.n_q_heads / config.n_kv_heads;
     layers_.resize(static_cast<std::size_t>(config.n_layers));
-    keys_.resize(static_cast<std::size_t>(config.n_layers * config.n_kv_heads));
-    values_.resize(keys_.size());
-    q_.resize(config.n_q_heads, config.head_dim);
+    q_.setZero(config.n_q_heads, config.head_dim);
+    // (throws std::system_error if a thread cannot start, after joining the started ones)
     workers_ = detail::ForkJoin(std::min(config.threads, config.n_kv_heads));
     scratch_.resize(static_cast<std::size_t>(workers_.threads()));
     if (config.rope) {
@@ -135,7 +149,6 @@ class MultiStateCache {
       sin_.resize(cos_.size());
     }
     resize_slots(slots);
-    reset();
   }
 
   MultiStateCache(MultiStateCache&&) = default;
@@ -143,8 +156,9 @@ class MultiStateCache {
   MultiStateCache& operator=(const MultiStateCache&) = delete;
   ~MultiStateCache() = default;
 
-  /// A deep copy (for beam search, forking a prefix...). Costs the whole state: explicit on
-  /// purpose.
+  /// A deep copy (for beam search, forking a prefix...). Costs the states in use (and new
+  /// threads): explicit on purpose. Throws std::bad_alloc, or std::system_error when
+  /// config.threads > 1 and a worker thread cannot be started (the started ones are joined first).
   MultiStateCache copy() const { return MultiStateCache(*this); }
 
   /// One decode step of `layer`: the new token's
@@ -190,42 +204,66 @@ class MultiStateCache {
   /// engine's own prefill kernel, a saved session). Token i gets positions[i]: ascending, from
   /// tokens_seen(layer) on (gaps stand for tokens dropped before); empty `positions` means the next
   /// t positions. tokens_seen becomes `seen` if given (a restored state whose newest tokens were
-  /// evicted), else the last position + 1. No output is computed; the new
+  /// evicted), else the last position + 1. Positions must be below kMaxPosition and `seen` at most
+  /// kMaxPosition. No output is computed; the new
   /// states' scores start at 0, as a stepped token's do before its own step scores it. They must
   /// fit: t <= capacity() - size(layer) (Full grows).
   ///   k (t, n_kv_heads * head_dim)  as `step_chunk` takes them (without positions when the cache
   ///                                 owns a rope: it encodes them at positions[i])
   ///   v (t, n_kv_heads * head_dim)
-  /// Throws std::invalid_argument naming what is wrong (shape, positions, room).
+  /// Throws std::invalid_argument naming what is wrong (shape, positions, seen, room); a rejected
+  /// call changes nothing.
   void append(Index layer, const Eigen::Ref<const RowMatrix>& k,
               const Eigen::Ref<const RowMatrix>& v, const std::vector<Index>& positions = {},
               std::optional<Index> seen = std::nullopt) {
+    using detail::throw_invalid;
     check_layer(layer);
     const Index t = k.rows();
     const Index width = config_.n_kv_heads * config_.head_dim;
     check_shape("k", k.rows(), k.cols(), t, width);
     check_shape("v", v.rows(), v.cols(), t, width);
     LayerState& state = layers_[static_cast<std::size_t>(layer)];
-    detail::require(positions.empty() || static_cast<Index>(positions.size()) == t,
-                    "positions.size()", positions.size(),
+    auto limit = [] { return " (" + std::to_string(kMaxPosition) + ")"; };  // only on failure
+    if (!positions.empty() && static_cast<Index>(positions.size()) != t) {
+      throw_invalid("positions.size()", positions.size(),
                     "must be 0 or the number of rows of k (" + std::to_string(t) + ")");
+    }
+    // Each bound is checked before it takes part in a sum, so that none overflows: the previous
+    // position is below kMaxPosition, and so is tokens_seen at most kMaxPosition.
     for (std::size_t i = 0; i < positions.size(); ++i) {
+      if (positions[i] >= kMaxPosition) {
+        throw_invalid("positions", positions[i], "must be below kMaxPosition" + limit());
+      }
       const Index after = i == 0 ? state.seen : positions[i - 1] + 1;
-      detail::require(positions[i] >= after, "positions", positions[i],
+      if (positions[i] < after) {
+        throw_invalid("positions", positions[i],
                       "must be ascending and at least tokens_seen (" + std::to_string(after) + ")");
+      }
+    }
+    if (positions.empty() && t > kMaxPosition - state.seen) {
+      throw_invalid("k.rows()", t,
+                    "the positions it takes from tokens_seen (" + std::to_string(state.seen) +
+                        ") on must stay below kMaxPosition" + limit());
     }
     const Index next = positions.empty() ? state.seen + t : positions.back() + 1;
-    detail::require(!seen || *seen >= next, "seen", seen.value_or(0),
+    if (seen && *seen > kMaxPosition) {
+      throw_invalid("seen", *seen, "must be at most kMaxPosition" + limit());
+    }
+    if (seen && *seen < next) {
+      throw_invalid("seen", *seen,
                     "must be at least the last position + 1 (" + std::to_string(next) + ")");
-    detail::require(capacity_ == kUnbounded || t <= capacity_ - state.held, "k.rows()", t,
+    }
+    if (capacity_ != kUnbounded && t > capacity_ - state.held) {
+      throw_invalid("k.rows()", t,
                     "must fit in the free capacity (" + std::to_string(capacity_ - state.held) +
                         " of " + std::to_string(capacity_) + ")");
+    }
     if (capacity_ == kUnbounded) reserve(state.held + t);
     for (Index i = 0; i < t; ++i) {
       const Index slot = state.held + i;
       const Index position =
           positions.empty() ? state.seen + i : positions[static_cast<std::size_t>(i)];
-      insert_in_order(state, layer, slot, position, row_data(k, i), row_data(v, i));
+      insert_in_order(state, slot, position, row_data(k, i), row_data(v, i));
     }
     state.seen = seen.value_or(next);
     if (t == 0) return;  // (a full cache's free slot may be anywhere)
@@ -233,15 +271,15 @@ class MultiStateCache {
     std::fill(state.free_slot.begin(), state.free_slot.end(), state.held);
   }
 
-  /// Forgets every state of every layer (a new sequence); keeps the storage.
+  /// Forgets every state of every layer (a new sequence); keeps the storage. O(n_layers *
+  /// n_kv_heads): the slots are not cleared, only no longer counted as used.
   void reset() noexcept {
+    if (!constructed_) return;
     for (LayerState& layer : layers_) {
       layer.held = 0;
       layer.seen = 0;
+      layer.used = 0;
       std::fill(layer.free_slot.begin(), layer.free_slot.end(), Index{0});
-      layer.position.setConstant(kEmpty);
-      layer.rank.setZero();
-      layer.score.setZero();
     }
   }
 
@@ -249,10 +287,10 @@ class MultiStateCache {
 
   const CacheConfig& config() const noexcept { return config_; }
   const Policy& policy() const noexcept { return policy_; }
-  /// C; kUnbounded for Full.
-  Index capacity() const noexcept { return capacity_; }
-  /// Slots allocated per layer and KV head: C + 1 for a bounded policy.
-  Index slots() const noexcept { return slots_; }
+  /// C; kUnbounded for Full; 0 for a moved-from cache.
+  Index capacity() const noexcept { return constructed_ ? capacity_ : 0; }
+  /// Slots allocated per layer and KV head: C + 1 for a bounded policy; 0 for a moved-from cache.
+  Index slots() const noexcept { return constructed_ ? slots_ : 0; }
   /// States held by `layer` now (the same in every KV head).
   Index size(Index layer) const {
     check_layer(layer);
@@ -270,15 +308,16 @@ class MultiStateCache {
                     "must be in [0, " + std::to_string(config_.n_kv_heads) + ")");
     const LayerState& state = layers_[static_cast<std::size_t>(layer)];
     std::vector<Index> kept;
-    for (Index slot = 0; slot < slots_; ++slot) {
+    for (Index slot = 0; slot < state.used; ++slot) {
       if (state.position(kv_head, slot) != kEmpty) kept.push_back(state.position(kv_head, slot));
     }
     std::sort(kept.begin(), kept.end());
     return kept;
   }
-  /// Bytes of key and value storage: n_layers * n_kv_heads * slots * head_dim * 2 * 4.
+  /// Bytes of key and value storage: n_layers * n_kv_heads * slots * head_dim * 2 * 4 (allocated;
+  /// resident as slots are used).
   std::size_t state_bytes() const noexcept {
-    return static_cast<std::size_t>(config_.n_layers * config_.n_kv_heads * slots_ *
+    return static_cast<std::size_t>(config_.n_layers * config_.n_kv_heads * slots() *
                                     config_.head_dim) *
            2 * sizeof(float);
   }
@@ -289,15 +328,140 @@ class MultiStateCache {
   static constexpr Index kDefaultFullReservation = 256;
   static constexpr Index kChunkScratchFloats = Index{1} << 23;  // 32 MiB of probabilities
 
-  // Bookkeeping of one layer, beside its tensors. Invariant between steps: the held states fill
-  // slots [0, held] except free_slot[g] in each KV head; right after an insert they fill [0, held).
+  // A (rows, cols) matrix holding the first `keep` rows (or columns) of m; the rest is allocated
+  // and left unwritten, so that it only becomes resident once used.
+  template <class M>
+  static M with_top_rows(const M& m, Index rows, Index cols, Index keep) {
+    M out(rows, cols);
+    if (keep > 0) out.topRows(keep) = m.topRows(keep);
+    return out;
+  }
+  template <class M>
+  static M with_left_cols(const M& m, Index rows, Index cols, Index keep) {
+    M out(rows, cols);
+    if (keep > 0) out.leftCols(keep) = m.leftCols(keep);
+    return out;
+  }
+
+  // Storage and bookkeeping of one layer. Invariant between steps: the held states fill slots
+  // [0, held] except free_slot[g] in each KV head; right after an insert they fill [0, held).
+  // Slots are written in order of first use, so [0, used) are the only ones written since
+  // construction or reset: nothing reads above `used`, and neither construction, reset nor a
+  // copy has to write (and make resident) the rest.
   struct LayerState {
-    Index held = 0;                // states kept (the same count in every KV head)
-    Index seen = 0;                // tokens seen: the next token's position
-    std::vector<Index> free_slot;  // (n_kv_heads) where each KV head's next token goes
-    PositionMatrix position;       // (n_kv_heads, slots) original position, kEmpty if none
-    PositionMatrix rank;           // (n_kv_heads, slots) rank among the kept (used by in_cache)
-    RowMatrix score;               // (n_kv_heads, slots) the policy's score of each slot
+    Index held = 0;                 // states kept (the same count in every KV head)
+    Index seen = 0;                 // tokens seen: the next token's position
+    Index used = 0;                 // slots written since construction or reset (every KV head)
+    std::vector<Index> free_slot;   // (n_kv_heads) where each KV head's next token goes
+    std::vector<RowMatrix> keys;    // (n_kv_heads): (slots, head_dim)
+    std::vector<RowMatrix> values;  // (n_kv_heads): (slots, head_dim)
+    PositionMatrix position;        // (n_kv_heads, slots) original position, kEmpty if none
+    PositionMatrix rank;            // (n_kv_heads, slots) rank among the kept (used by in_cache)
+    RowMatrix score;                // (n_kv_heads, slots) the policy's score of each slot
+
+    LayerState() = default;
+    // Copies the slots in use; the copy's others are allocated, unwritten.
+    LayerState(const LayerState& other)
+        : held(other.held), seen(other.seen), used(other.used), free_slot(other.free_slot) {
+      keys.reserve(other.keys.size());
+      values.reserve(other.values.size());
+      for (std::size_t g = 0; g < other.keys.size(); ++g) {
+        const RowMatrix& k = other.keys[g];
+        keys.push_back(with_top_rows(k, k.rows(), k.cols(), used));
+        values.push_back(with_top_rows(other.values[g], k.rows(), k.cols(), used));
+      }
+      position = with_left_cols(other.position, other.position.rows(), other.position.cols(), used);
+      rank = with_left_cols(other.rank, other.rank.rows(), other.rank.cols(), used);
+      score = with_left_cols(other.score, other.score.rows(), other.score.cols(), used);
+    }
+    // Hands the counters over with the storage, so that a moved-from one holds no slots.
+    LayerState(LayerState&& other) noexcept
+        : held(std::exchange(other.held, 0)),
+          seen(std::exchange(other.seen, 0)),
+          used(std::exchange(other.used, 0)),
+          free_slot(std::move(other.free_slot)),
+          keys(std::move(other.keys)),
+          values(std::move(other.values)),
+          position(std::move(other.position)),
+          rank(std::move(other.rank)),
+          score(std::move(other.score)) {}
+    LayerState& operator=(const LayerState&) = delete;
+    LayerState& operator=(LayerState&&) = delete;
+    ~LayerState() = default;
+  };
+
+  // Scratch of one thread. The decode part is sized at construction (and when Full grows), so
+  // `step` never allocates; the chunk part grows on first use. Every use writes what it reads,
+  // so a copy gets the room, not the contents.
+  struct Scratch {
+    RowMatrix probs;         // (group, slots) attention probabilities of one KV head
+    RowMatrix keys_rotated;  // (slots, head_dim) in_cache: keys rotated at their rank
+    RowVector layer_score;   // (slots) calling thread only: per-layer scores summed over KV heads
+    RowMatrix chunk_probs;   // (group * t, >= live), rows a multiple of 16 floats long
+    RowMatrix chunk_out;     // (group * t, head_dim)
+
+    Scratch() = default;
+    Scratch(const Scratch& other)
+        : probs(other.probs.rows(), other.probs.cols()),
+          keys_rotated(other.keys_rotated.rows(), other.keys_rotated.cols()),
+          layer_score(other.layer_score.size()),
+          chunk_probs(other.chunk_probs.rows(), other.chunk_probs.cols()),
+          chunk_out(other.chunk_out.rows(), other.chunk_out.cols()) {}
+    Scratch(Scratch&&) = default;
+    Scratch& operator=(const Scratch&) = delete;
+    Scratch& operator=(Scratch&&) = default;
+    ~Scratch() = default;
+  };
+
+  // in_cache: the angles of each rank, allocated for every slot but computed on first use, up to
+  // the largest rank used so far (rows [0, filled)). They depend on nothing but the rank, so
+  // reset keeps them.
+  struct RankAngles {
+    RowMatrix cos;  // (slots, head_dim / 2)
+    RowMatrix sin;  // (slots, head_dim / 2)
+    Index filled = 0;
+
+    RankAngles() = default;
+    RankAngles(const RankAngles& other)
+        : cos(with_top_rows(other.cos, other.cos.rows(), other.cos.cols(), other.filled)),
+          sin(with_top_rows(other.sin, other.sin.rows(), other.sin.cols(), other.filled)),
+          filled(other.filled) {}
+    // `filled` goes with the tables (Eigen's move assignment swaps them: the source gets ours,
+    // of which it may count no row).
+    RankAngles(RankAngles&& other) noexcept
+        : cos(std::move(other.cos)),
+          sin(std::move(other.sin)),
+          filled(std::exchange(other.filled, 0)) {}
+    RankAngles& operator=(const RankAngles&) = delete;
+    RankAngles& operator=(RankAngles&& other) noexcept {
+      cos = std::move(other.cos);
+      sin = std::move(other.sin);
+      filled = std::exchange(other.filled, 0);
+      return *this;
+    }
+    ~RankAngles() = default;
+  };
+
+  // True in a constructed cache, false in a moved-from one: its moves hand the flag over and
+  // clear the source's, so the cache's own moves stay the defaulted ones.
+  class Constructed {
+   public:
+    Constructed() noexcept = default;
+    Constructed(const Constructed&) noexcept = default;
+    Constructed(Constructed&& other) noexcept : yes_(std::exchange(other.yes_, false)) {}
+    Constructed& operator=(const Constructed&) noexcept = default;
+    // A self-move empties the cache's vectors: it leaves a moved-from cache as well.
+    Constructed& operator=(Constructed&& other) noexcept {
+      const bool yes = other.yes_ && &other != this;
+      other.yes_ = false;
+      yes_ = yes;
+      return *this;
+    }
+    ~Constructed() = default;
+    explicit operator bool() const noexcept { return yes_; }
+
+   private:
+    bool yes_ = true;
   };
 
   MultiStateCache(const MultiStateCache&) = default;
@@ -313,6 +477,9 @@ class MultiStateCache {
 
   // Builds its message only on failure: the per-token path must not allocate.
   void check_layer(Index layer) const {
+    if (!constructed_) {
+      detail::throw_invalid("cache", "moved-from", "assign a constructed cache before using it");
+    }
     if (layer < 0 || layer >= config_.n_layers) {
       detail::throw_invalid("layer", layer,
                             "must be in [0, " + std::to_string(config_.n_layers) + ")");
@@ -336,41 +503,45 @@ class MultiStateCache {
   bool rotates_in_cache() const noexcept {
     return config_.rope && config_.positions == PositionMode::in_cache;
   }
-  std::size_t head_index(Index layer, Index kv_head) const noexcept {
-    return static_cast<std::size_t>(layer * config_.n_kv_heads + kv_head);
-  }
 
-  // Sets the number of slots per layer and KV head, keeping what is stored (Full's growth).
+  // Sets the number of slots per layer and KV head (construction, Full's growth), keeping the
+  // slots in use. Allocates without writing: a slot's memory becomes resident when it is used.
   void resize_slots(Index slots) {
     const Index d = config_.head_dim;
     const Index n_kv = config_.n_kv_heads;
-    for (std::size_t i = 0; i < keys_.size(); ++i) {
-      keys_[i].conservativeResize(slots, d);
-      values_[i].conservativeResize(slots, d);
-    }
     for (LayerState& layer : layers_) {
+      const Index used = layer.used;
       layer.free_slot.resize(static_cast<std::size_t>(n_kv), 0);
-      const Index old = layer.position.cols();
-      layer.position.conservativeResize(n_kv, slots);
-      layer.rank.conservativeResize(n_kv, slots);
-      layer.score.conservativeResize(n_kv, slots);
-      layer.position.rightCols(slots - old).setConstant(kEmpty);
-      layer.rank.rightCols(slots - old).setZero();
-      layer.score.rightCols(slots - old).setZero();
+      layer.keys.resize(static_cast<std::size_t>(n_kv));
+      layer.values.resize(layer.keys.size());
+      for (std::size_t g = 0; g < layer.keys.size(); ++g) {
+        layer.keys[g] = with_top_rows(layer.keys[g], slots, d, used);
+        layer.values[g] = with_top_rows(layer.values[g], slots, d, used);
+      }
+      layer.position = with_left_cols(layer.position, n_kv, slots, used);
+      layer.rank = with_left_cols(layer.rank, n_kv, slots, used);
+      layer.score = with_left_cols(layer.score, n_kv, slots, used);
     }
     for (Scratch& scratch : scratch_) {
       scratch.probs.resize(group_, padded(slots));
       if (rotates_in_cache()) scratch.keys_rotated.resize(slots, d);
     }
-    layer_score_.resize(slots);
+    scratch_.front().layer_score.resize(slots);  // the calling thread's, used after the join
     if (rotates_in_cache()) {
-      const Index old = rank_cos_.rows();
-      rank_cos_.conservativeResize(slots, d / 2);
-      rank_sin_.conservativeResize(slots, d / 2);
-      for (Index r = old; r < slots; ++r)
-        config_.rope->angles(r, &rank_cos_(r, 0), &rank_sin_(r, 0));
+      RankAngles& a = rank_angles_;
+      a.cos = with_top_rows(a.cos, slots, d / 2, a.filled);
+      a.sin = with_top_rows(a.sin, slots, d / 2, a.filled);
     }
     slots_ = slots;
+  }
+
+  // in_cache: computes the angles of the ranks in [filled, n) into the table allocated for every
+  // slot. Called by the calling thread before the heads split; allocates nothing.
+  void fill_rank_angles(Index n) noexcept {
+    RankAngles& a = rank_angles_;
+    for (; a.filled < n; ++a.filled) {
+      config_.rope->angles(a.filled, &a.cos(a.filled, 0), &a.sin(a.filled, 0));
+    }
   }
 
   // Row length of probability scratch: a multiple of 16 floats, so that every row starts as
@@ -383,15 +554,16 @@ class MultiStateCache {
     if (needed > slots_) resize_slots(std::max(needed, 2 * slots_));
   }
 
-  // Writes one token's key and value (rows of n_kv_heads * head_dim) into `slot` of KV head g.
+  // Writes one token's key and value (head_dim floats each) into `slot` of KV head g.
   // In absolute mode the key is rotated with the angles in cos_/sin_.
-  void insert(LayerState& state, Index layer, Index g, Index slot, Index position, Index rank,
-              const float* k, const float* v) noexcept {
+  void insert(LayerState& state, Index g, Index slot, Index position, Index rank, const float* k,
+              const float* v) noexcept {
     const Index d = config_.head_dim;
-    RowMatrix& keys = keys_[head_index(layer, g)];
+    const auto gi = static_cast<std::size_t>(g);
+    RowMatrix& keys = state.keys[gi];
     keys.row(slot) = Eigen::Map<const RowVector>(k, d);
     if (rotates_absolute()) config_.rope->rotate(&keys(slot, 0), cos_.data(), sin_.data());
-    values_[head_index(layer, g)].row(slot) = Eigen::Map<const RowVector>(v, d);
+    state.values[gi].row(slot) = Eigen::Map<const RowVector>(v, d);
     state.position(g, slot) = position;
     state.rank(g, slot) = rank;
     state.score(g, slot) = 0.0f;
@@ -400,36 +572,38 @@ class MultiStateCache {
   // Writes one token's key and value (rows of n_kv_heads * head_dim) into `slot` of every KV
   // head, with rank `slot`: for a cache with room, whose held states fill [0, held) in position
   // order (no eviction since the last reset). Leaves the angles of `position` in cos_/sin_.
-  void insert_in_order(LayerState& state, Index layer, Index slot, Index position, const float* k,
+  void insert_in_order(LayerState& state, Index slot, Index position, const float* k,
                        const float* v) noexcept {
     const Index d = config_.head_dim;
     if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
     for (Index g = 0; g < config_.n_kv_heads; ++g) {
       assert(state.free_slot[static_cast<std::size_t>(g)] == state.held);
-      insert(state, layer, g, slot, position, slot, k + g * d, v + g * d);
+      insert(state, g, slot, position, slot, k + g * d, v + g * d);
     }
+    state.used = std::max(state.used, slot + 1);
   }
 
   // Encodes the position of one query head (head_dim floats) in place: at `position` in absolute
-  // mode (angles already in cos_/sin_), at `rank` in in_cache mode.
+  // mode (angles already in cos_/sin_), at `rank` in in_cache mode (angles filled up to it).
   void encode_query(float* q, Index rank) const noexcept {
     if (rotates_absolute()) {
       config_.rope->rotate(q, cos_.data(), sin_.data());
     } else if (rotates_in_cache()) {
-      config_.rope->rotate(q, &rank_cos_(rank, 0), &rank_sin_(rank, 0));
+      config_.rope->rotate(q, &rank_angles_.cos(rank, 0), &rank_angles_.sin(rank, 0));
     }
   }
 
   // The keys KV head g attends over: the stored rows [0, live), or in in_cache mode those rows
-  // rotated at their rank among the kept states.
-  const RowMatrix& attended_keys(const LayerState& state, Index layer, Index g, Index live,
+  // rotated at their rank among the kept states (angles filled up to live).
+  const RowMatrix& attended_keys(const LayerState& state, Index g, Index live,
                                  RowMatrix& rotated) const noexcept {
-    const RowMatrix& stored = keys_[head_index(layer, g)];
+    const RowMatrix& stored = state.keys[static_cast<std::size_t>(g)];
     if (!rotates_in_cache()) return stored;
     for (Index slot = 0; slot < live; ++slot) {
       const Index rank = state.rank(g, slot);
       rotated.row(slot) = stored.row(slot);
-      config_.rope->rotate(&rotated(slot, 0), &rank_cos_(rank, 0), &rank_sin_(rank, 0));
+      config_.rope->rotate(&rotated(slot, 0), &rank_angles_.cos(rank, 0),
+                           &rank_angles_.sin(rank, 0));
     }
     return rotated;
   }
@@ -443,6 +617,8 @@ class MultiStateCache {
     const Index position = state.seen;
     const Index live = state.held + 1;  // the kept states plus the new one
     if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
+    if (rotates_in_cache()) fill_rank_angles(live);
+    state.used = std::max(state.used, live);  // every free slot is below live
     const bool over = P::kEvicts && live > capacity_;
     const bool evict_per_head = over && policy.per_head();
 
@@ -452,18 +628,16 @@ class MultiStateCache {
     auto head_step = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
       const auto gi = static_cast<std::size_t>(g);
-      insert(state, layer, g, state.free_slot[gi], position, live - 1, row_data(k, g),
-             row_data(v, g));
+      insert(state, g, state.free_slot[gi], position, live - 1, row_data(k, g), row_data(v, g));
       state.free_slot[gi] = live;  // until an eviction says otherwise
       for (Index h = g * group_; h < (g + 1) * group_; ++h) {
         q_.row(h) = q.row(h);
         encode_query(&q_(h, 0), live - 1);
       }
-      const RowMatrix& keys = attended_keys(state, layer, g, live, scratch.keys_rotated);
+      const RowMatrix& keys = attended_keys(state, g, live, scratch.keys_rotated);
       auto probs = scratch.probs.topLeftCorner(group_, live);
-      attend(q_.middleRows(g * group_, group_), keys.topRows(live),
-             values_[head_index(layer, g)].topRows(live), scale_, probs,
-             out.middleRows(g * group_, group_));
+      attend(q_.middleRows(g * group_, group_), keys.topRows(live), state.values[gi].topRows(live),
+             scale_, probs, out.middleRows(g * group_, group_));
       if constexpr (P::kNeedsProbabilities) {
         policy.observe(g, probs, 1, state.score.row(g).head(live));
       }
@@ -491,8 +665,9 @@ class MultiStateCache {
     const float* score = &state.score(0, 0);
     if constexpr (P::kNeedsProbabilities) {
       if (config_.n_kv_heads > 1) {
-        layer_score_.head(live).noalias() = state.score.leftCols(live).colwise().sum();
-        score = layer_score_.data();
+        RowVector& sum = scratch_[0].layer_score;  // the calling thread's: the heads have joined
+        sum.head(live).noalias() = state.score.leftCols(live).colwise().sum();
+        score = sum.data();
       }
     }
     const Index victim =
@@ -566,10 +741,11 @@ class MultiStateCache {
                                    padded(live));  // (rows, >= live)
       }
     }
+    if (rotates_in_cache()) fill_rank_angles(live);
 
     for (Index i = 0; i < n; ++i) {
       const Index slot = before + i;
-      insert_in_order(state, layer, slot, state.seen + i, row_data(k, i), row_data(v, i));
+      insert_in_order(state, slot, state.seen + i, row_data(k, i), row_data(v, i));
       // Query head h of token i goes to row i * group + r of its KV head's block.
       for (Index h = 0; h < config_.n_q_heads; ++h) {
         const Index row = (h / group_) * rows + i * group_ + h % group_;
@@ -584,11 +760,11 @@ class MultiStateCache {
     // Per KV head, the heads split across threads; each writes only its own columns of out.
     auto head_prefill = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
-      const RowMatrix& keys = attended_keys(state, layer, g, live, scratch.keys_rotated);
+      const RowMatrix& keys = attended_keys(state, g, live, scratch.keys_rotated);
       auto probs = scratch.chunk_probs.topLeftCorner(rows, live);
       attend_causal(chunk_q_.middleRows(g * rows, rows), keys.topRows(live),
-                    values_[head_index(layer, g)].topRows(live), scale_, before, group_, probs,
-                    scratch.chunk_out.topRows(rows));
+                    state.values[static_cast<std::size_t>(g)].topRows(live), scale_, before, group_,
+                    probs, scratch.chunk_out.topRows(rows));
       for (Index i = 0; i < n; ++i) {
         for (Index r = 0; r < group_; ++r) {
           out.row(i).segment((g * group_ + r) * d, d) = scratch.chunk_out.row(i * group_ + r);
@@ -603,31 +779,19 @@ class MultiStateCache {
 
   CacheConfig config_;
   Policy policy_;
+  Constructed constructed_;  // false once moved from
   Index capacity_ = 0;
   Index slots_ = 0;
   Index group_ = 1;  // query heads per KV head
   float scale_ = 1.0f;
 
   std::vector<LayerState> layers_;  // (n_layers)
-  std::vector<RowMatrix> keys_;     // [layer * n_kv_heads + g]: (slots, head_dim)
-  std::vector<RowMatrix> values_;   // [layer * n_kv_heads + g]: (slots, head_dim)
-
-  // Scratch of one thread. The decode part is sized at construction (and when Full grows), so
-  // `step` never allocates; the chunk part grows on first use.
-  struct Scratch {
-    RowMatrix probs;         // (group, slots) attention probabilities of one KV head
-    RowMatrix keys_rotated;  // (slots, head_dim) in_cache: keys rotated at their rank
-    RowMatrix chunk_probs;   // (group * t, >= live), rows a multiple of 16 floats long
-    RowMatrix chunk_out;     // (group * t, head_dim)
-  };
 
   detail::ForkJoin workers_;      // the threads that share the KV heads of a layer
   std::vector<Scratch> scratch_;  // (threads)
   // Shared scratch, written before the heads split or after they join (or per head's rows).
   RowMatrix q_;             // (n_q_heads, head_dim) queries with positions encoded
-  RowVector layer_score_;   // (slots) per-layer policies: scores summed over KV heads
-  RowMatrix rank_cos_;      // (slots, head_dim / 2) in_cache: angles of each rank
-  RowMatrix rank_sin_;      // (slots, head_dim / 2)
+  RankAngles rank_angles_;  // in_cache: (slots, head_dim / 2) cos and sin of each rank
   std::vector<float> cos_;  // (head_dim / 2) absolute: angles of the current position
   std::vector<float> sin_;  // (head_dim / 2)
   RowMatrix chunk_q_;       // (n_q_heads * t, head_dim) step_chunk: queries grouped by KV head

@@ -28,14 +28,21 @@ enum class RopeLayout {
 ///   rope.rotate(q_heads, /*position=*/17);      // q_heads: (n_heads, 64), rotated in place
 class Rope {
  public:
-  /// Throws std::invalid_argument when head_dim is not a positive even number or theta is not
-  /// a finite number greater than 1.
+  /// Throws std::invalid_argument when head_dim is not a positive even number, theta is not
+  /// a finite number greater than 1, or layout is neither interleaved nor half_split.
+  ///
+  /// Any Index is a valid position: the angle is computed in double, so it is defined for every
+  /// one (far positions lose precision, never a rotation's norm). A moved-from Rope is empty
+  /// (head_dim 0).
   explicit Rope(Index head_dim, double theta = 10000.0, RopeLayout layout = RopeLayout::interleaved)
-      : head_dim_(head_dim), theta_(theta), layout_(layout) {
+      : theta_(theta), layout_(layout) {
     detail::require(head_dim > 0 && head_dim % 2 == 0, "head_dim", head_dim,
                     "RoPE needs a positive even head_dim");
     detail::require(std::isfinite(theta) && theta > 1.0, "theta", theta,
                     "RoPE needs a finite base greater than 1");
+    detail::require(layout == RopeLayout::interleaved || layout == RopeLayout::half_split, "layout",
+                    static_cast<int>(layout),
+                    "must be RopeLayout::interleaved or RopeLayout::half_split");
     inv_freq_.resize(static_cast<std::size_t>(head_dim / 2));
     for (Index i = 0; i < head_dim / 2; ++i) {
       inv_freq_[static_cast<std::size_t>(i)] =
@@ -43,25 +50,25 @@ class Rope {
     }
   }
 
-  Index head_dim() const noexcept { return head_dim_; }
+  Index head_dim() const noexcept { return 2 * half(); }
   double theta() const noexcept { return theta_; }
   RopeLayout layout() const noexcept { return layout_; }
 
   /// Writes cos and sin of every pair's angle at `position`: (head_dim / 2) floats each.
   void angles(Index position, float* cos_out, float* sin_out) const noexcept {
-    for (Index i = 0; i < head_dim_ / 2; ++i) angle(position, i, cos_out[i], sin_out[i]);
+    for (Index i = 0; i < half(); ++i) angle(position, i, cos_out[i], sin_out[i]);
   }
 
   /// Rotates one head vector `x` (head_dim floats) in place by angles from `angles()`.
   void rotate(float* x, const float* cos_in, const float* sin_in) const noexcept {
-    for (Index i = 0; i < head_dim_ / 2; ++i) turn(x, i, cos_in[i], sin_in[i]);
+    for (Index i = 0; i < half(); ++i) turn(x, i, cos_in[i], sin_in[i]);
   }
 
   /// Rotates every row of x (rows, head_dim) in place at `position`.
   void rotate(Eigen::Ref<RowMatrix> x, Index position) const {
-    detail::require(x.cols() == head_dim_, "x.cols()", x.cols(),
-                    "must equal the Rope's head_dim (" + std::to_string(head_dim_) + ")");
-    for (Index i = 0; i < head_dim_ / 2; ++i) {
+    detail::require(x.cols() == head_dim(), "x.cols()", x.cols(),
+                    "must equal the Rope's head_dim (" + std::to_string(head_dim()) + ")");
+    for (Index i = 0; i < half(); ++i) {
       float c = 0.0f;
       float s = 0.0f;
       angle(position, i, c, s);
@@ -70,10 +77,13 @@ class Rope {
   }
 
  private:
-  Index head_dim_;
   double theta_;
   RopeLayout layout_;
-  std::vector<double> inv_freq_;  // (head_dim / 2)
+  // (head_dim / 2) the frequency of each pair. Its size is the only record of head_dim, so that a
+  // moved-from Rope (whose vector is empty) is an empty one rather than one that reads past it.
+  std::vector<double> inv_freq_;
+
+  Index half() const noexcept { return static_cast<Index>(inv_freq_.size()); }
 
   void angle(Index position, Index pair, float& c, float& s) const noexcept {
     const double a = static_cast<double>(position) * inv_freq_[static_cast<std::size_t>(pair)];
@@ -85,7 +95,7 @@ class Rope {
   void turn(float* x, Index pair, float c, float s) const noexcept {
     const bool interleaved = layout_ == RopeLayout::interleaved;
     float& a = x[interleaved ? 2 * pair : pair];
-    float& b = x[interleaved ? 2 * pair + 1 : pair + head_dim_ / 2];
+    float& b = x[interleaved ? 2 * pair + 1 : pair + half()];
     const float a0 = a;
     const float b0 = b;
     a = a0 * c - b0 * s;

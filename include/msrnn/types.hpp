@@ -18,6 +18,11 @@ using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 /// Capacity of a cache that never evicts (only `Full` may use it).
 inline constexpr Index kUnbounded = std::numeric_limits<Index>::max();
 
+/// Positions are in [0, kMaxPosition), 2^62: `append` rejects a position at or past it and a
+/// `seen` past it, so that no arithmetic on positions overflows. `step` counts on from
+/// tokens_seen without a check: from kMaxPosition it would take another 2^62 tokens to overflow.
+inline constexpr Index kMaxPosition = Index{1} << 62;
+
 /// How the cache encodes positions when it owns a `Rope`.
 enum class PositionMode {
   /// Keys are rotated once, at their original position, and stored rotated (official TOVA code).
@@ -28,8 +33,15 @@ enum class PositionMode {
   in_cache,
 };
 
+/// "absolute", "in_cache", or "?" for a value that is neither.
 inline const char* to_string(PositionMode mode) noexcept {
-  return mode == PositionMode::absolute ? "absolute" : "in_cache";
+  switch (mode) {
+    case PositionMode::absolute:
+      return "absolute";
+    case PositionMode::in_cache:
+      return "in_cache";
+  }
+  return "?";
 }
 
 }  // namespace msrnn

@@ -132,7 +132,9 @@ class MaskedReference {
   }
 
   // Scores every kept state as the policy says and, when more than C are kept, clears the mask
-  // of the lowest-scoring unprotected one (ties to the oldest).
+  // of the lowest-scoring unprotected one (ties to the oldest). A score that is not finite (a NaN
+  // or inf key poisons every probability of its head) ranks below every finite one; among those,
+  // the oldest goes.
   void simulate_policy(Layer& L, Index t, const std::vector<std::vector<double>>& probs) {
     // score[g][p]
     std::vector<std::vector<double>> score(
@@ -170,11 +172,15 @@ class MaskedReference {
       const std::vector<Index> visible = kept_of(L, g);
       if (static_cast<Index>(visible.size()) <= capacity_) continue;
       Index victim = -1;
-      for (Index p : visible) {
+      double lowest = 0.0;
+      for (Index p : visible) {  // ascending: on equal rank, the first seen is the oldest
         if (is_protected(p, t)) continue;
-        const double s = score[static_cast<std::size_t>(g)][static_cast<std::size_t>(p)];
-        if (victim < 0 || s < score[static_cast<std::size_t>(g)][static_cast<std::size_t>(victim)])
+        const double raw = score[static_cast<std::size_t>(g)][static_cast<std::size_t>(p)];
+        const double s = std::isfinite(raw) ? raw : -std::numeric_limits<double>::infinity();
+        if (victim < 0 || s < lowest) {
           victim = p;
+          lowest = s;
+        }
       }
       if (victim < 0) throw std::logic_error("reference: every state is protected");
       // Per-layer policies score every KV head alike, so every KV head picks the same victim.

@@ -16,13 +16,15 @@ namespace msrnn::detail {
 /// `threads - 1` worker threads, started once and kept until destruction; `run` wakes them,
 /// does the first block on the calling thread and waits for the rest. Neither `run` nor the
 /// workers allocate. Copying makes a new pool of the same size (a copied cache must not share
-/// threads); moving keeps the threads (they only hold a pointer to the shared state).
+/// threads), or of one thread for a moved-from pool; moving keeps the threads (they only hold a
+/// pointer to the shared state). Starting the threads (construction, copy) throws
+/// std::system_error when the system has no more; the ones already started are joined first.
 ///
 /// One `run` at a time: the cache that owns the pool is used by one thread at a time.
 class ForkJoin {
  public:
   explicit ForkJoin(Index threads = 1) : threads_(threads < 1 ? 1 : threads) { start(); }
-  ForkJoin(const ForkJoin& other) : ForkJoin(other.threads_) {}
+  ForkJoin(const ForkJoin& other) : ForkJoin(other.shared_ ? other.threads_ : 1) {}
   ForkJoin(ForkJoin&&) noexcept = default;
   ForkJoin& operator=(const ForkJoin&) = delete;
   ForkJoin& operator=(ForkJoin&& other) noexcept {

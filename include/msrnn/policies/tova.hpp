@@ -1,6 +1,7 @@
 // TOVA: Token Omission Via Attention, the policy of the MSRNN paper.
 #pragma once
 
+#include "msrnn/detail/check.hpp"
 #include "msrnn/types.hpp"
 
 namespace msrnn {
@@ -16,7 +17,7 @@ enum class TovaGranularity { layer, head };
 /// in every KV head. The new token itself may be the one evicted. With granularity `head`, each
 /// KV head chooses by the average over its own query heads. Scores depend only on the current
 /// query, so nothing accumulates. Cost: O(n_q_heads * C) per layer and step to average, O(C) to
-/// choose. See `Window` for the policy interface.
+/// choose. Requires granularity to be layer or head. See `Window` for the policy interface.
 struct TOVA {
   static constexpr const char* kName = "tova";
   static constexpr bool kEvicts = true;
@@ -24,7 +25,12 @@ struct TOVA {
 
   TovaGranularity granularity = TovaGranularity::layer;
 
-  void prepare(Index /*capacity*/) {}
+  // A granularity cast from an integer that is neither value would otherwise pass for `layer`.
+  void prepare(Index /*capacity*/) {
+    detail::require(granularity == TovaGranularity::layer || granularity == TovaGranularity::head,
+                    "granularity", static_cast<int>(granularity),
+                    "must be TovaGranularity::layer or TovaGranularity::head");
+  }
   bool per_head() const noexcept { return granularity == TovaGranularity::head; }
 
   // Keeps the sum over this KV head's query heads of the newest query's probabilities. For a

@@ -29,7 +29,20 @@ namespace msrnn {
 ///                         states held, at least one must be unprotected (else the oldest goes)
 ///   priority(score, position, newest)   the victim is the unprotected state with the lowest
 ///                         priority, ties to the oldest position; for a per-layer policy `score`
-///                         is the sum of the per-KV-head scores
+///                         is the sum of the per-KV-head scores. A priority that is not finite
+///                         (NaN, +inf, -inf) ranks below every finite one, ties among them to the
+///                         oldest (see detail::select_victim)
+/// Non-finite keys and values: a NaN key (or an inf one whose product with a query is NaN or
+/// +inf; a -inf product only gives it probability 0) makes the attention probabilities of that
+/// query NaN for every state of the KV head (the softmax sums them), so the outputs are NaN while
+/// it is kept, and so are the scores of the states kept beside it (H2O accumulates them, TOVA sees
+/// them at each such step). By the rule above those states go first, oldest first: under H2O and
+/// TOVA the poisoned state leaves once the states older than it have, at most C steps after it
+/// came, and the kept set moves on. A non-finite value leaves the probabilities, and so every
+/// choice, unchanged; only the outputs of its head are non-finite while it is kept. Protection
+/// still comes first: a poisoned sink (WindowPlusI) stays for the whole sequence, and with it the
+/// non-finite outputs of its head, until `reset`; Full never evicts anything.
+///
 /// A policy never touches key/value storage: it only scores and protects. `observe`, `protects`
 /// and `priority` are const and must stay safe to call at the same time from several threads: with
 /// CacheConfig::threads > 1 the cache calls them for different KV heads in parallel.

@@ -12,8 +12,9 @@ namespace msrnn {
 ///
 /// The "window + i" policy of the MSRNN paper, i.e. StreamingLLM's attention sinks (Xiao et al.,
 /// 2023). Invariant: positions 0..sinks-1 stay for the whole sequence, the rest of the cache is
-/// the most recent C - sinks positions. Requires sinks < C. Cost: O(C) per layer and step; needs
-/// no attention probabilities. See `Window` for the policy interface.
+/// the most recent C - sinks positions. A sink whose key or value is NaN or inf stays too, and the
+/// outputs of its KV head stay non-finite until `reset`. Requires sinks < C. Cost: O(C) per layer
+/// and step; needs no attention probabilities. See `Window` for the policy interface.
 struct WindowPlusI {
   static constexpr const char* kName = "sink";
   static constexpr bool kEvicts = true;
