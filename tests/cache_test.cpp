@@ -327,6 +327,117 @@ TEST(MultiStateCache, WrongShapesAndLayersThrowNamingTheArgument) {
   EXPECT_EQ(cache.tokens_seen(0), 0);
 }
 
+// step takes one token a row as well, the t = 1 case of step_chunk: the same memory as one head
+// a row, so the same outputs and kept states, bit for bit.
+template <class Cache>
+void expect_token_rows_match_head_rows(Cache make_cache()) {
+  Cache heads = make_cache();
+  Cache rows = make_cache();
+  const CacheConfig& c = heads.config();
+  const Index nq = c.n_q_heads * c.head_dim;
+  const Index nkv = c.n_kv_heads * c.head_dim;
+  for (Index t = 0; t < 12; ++t) {  // past the capacity: evictions too
+    for (Index l = 0; l < c.n_layers; ++l) {
+      const auto s = static_cast<std::uint32_t>(100 * t + 10 * l);
+      const RowMatrix q = random_matrix(1, nq, s);
+      const RowMatrix k = random_matrix(1, nkv, s + 1);
+      const RowMatrix v = random_matrix(1, nkv, s + 2);
+      RowMatrix out_heads(c.n_q_heads, c.head_dim);
+      RowMatrix out_rows(1, nq);
+      heads.step(l, Eigen::Map<const RowMatrix>(q.data(), c.n_q_heads, c.head_dim),
+                 Eigen::Map<const RowMatrix>(k.data(), c.n_kv_heads, c.head_dim),
+                 Eigen::Map<const RowMatrix>(v.data(), c.n_kv_heads, c.head_dim), out_heads);
+      rows.step(l, q, k, v, out_rows);
+      ASSERT_TRUE(Eigen::Map<const RowMatrix>(out_rows.data(), c.n_q_heads, c.head_dim) ==
+                  out_heads)
+          << "token " << t << " layer " << l;
+      // The layouts may be mixed, argument by argument.
+      if (t == 11) {
+        Cache mixed = heads.copy();
+        Cache reference = heads.copy();
+        RowMatrix out_mixed(c.n_q_heads, c.head_dim);
+        mixed.step(l, q, Eigen::Map<const RowMatrix>(k.data(), c.n_kv_heads, c.head_dim), v,
+                   out_mixed);
+        reference.step(l, q, k, v, out_rows);
+        EXPECT_TRUE(Eigen::Map<const RowMatrix>(out_rows.data(), c.n_q_heads, c.head_dim) ==
+                    out_mixed);
+      }
+    }
+  }
+  for (Index l = 0; l < c.n_layers; ++l) {
+    for (Index g = 0; g < c.n_kv_heads; ++g) {
+      EXPECT_EQ(rows.kept_positions(l, g), heads.kept_positions(l, g));
+    }
+    EXPECT_EQ(rows.size(l), heads.size(l));
+  }
+}
+
+template <class Policy>
+MultiStateCache<Policy> make_layout_cache() {
+  CacheConfig config = small_config(4, 2, 8, 5, 2);
+  config.rope = Rope(8);
+  config.positions = PositionMode::in_cache;
+  Policy policy{};
+  if constexpr (std::is_same_v<Policy, AnyPolicy>) policy = H2O{2};
+  return MultiStateCache<Policy>(config, policy);
+}
+
+TEST(MultiStateCache, StepTakesOneTokenARowBitForBitAsOneHeadARow) {
+  expect_token_rows_match_head_rows<MultiStateCache<TOVA>>(make_layout_cache<TOVA>);
+  expect_token_rows_match_head_rows<MultiStateCache<Window>>(make_layout_cache<Window>);
+  expect_token_rows_match_head_rows<AnyCache>(make_layout_cache<AnyPolicy>);
+}
+
+TEST(MultiStateCache, WrongStepShapesNameBothLayouts) {
+  AnyCache cache(small_config(4, 2, 8, 16), Window{});
+  RowMatrix q(1, 32), kv(1, 16), out(1, 32);
+  q.setOnes();
+  kv.setOnes();
+  const RowMatrix wrong_q(2, 16), wrong_kv(1, 8);
+  RowMatrix wrong_out(1, 31);
+  const std::string q_message =
+      invalid_argument_message([&] { cache.step(0, wrong_q, kv, kv, out); });
+  EXPECT_TRUE(mentions(q_message,
+                       "q = 2x16: expected shape 4x8 (one head a row) or 1x32 (one "
+                       "token a row)"))
+      << q_message;
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.step(0, q, wrong_kv, kv, out); }),
+                       "k = 1x8: expected shape 2x8 (one head a row) or 1x16 (one token a row)"));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.step(0, q, kv, wrong_kv, out); }),
+                       "v = 1x8: expected shape 2x8"));
+  EXPECT_TRUE(mentions(invalid_argument_message([&] { cache.step(0, q, kv, kv, wrong_out); }),
+                       "out = 1x31: expected shape 4x8 (one head a row) or 1x32"));
+  EXPECT_EQ(cache.size(0), 0);
+  cache.step(0, q, kv, kv, out);
+  EXPECT_EQ(cache.size(0), 1);
+  // With one head the two layouts are the same shape.
+  AnyCache one(small_config(1, 1, 8, 4), Window{});
+  RowMatrix q1(1, 8), out1(1, 8);
+  q1.setOnes();
+  one.step(0, q1, q1, q1, out1);
+  EXPECT_EQ(one.size(0), 1);
+}
+
+// Column-major arguments would bind through a temporary copy (an allocation in step): they do
+// not compile. Row-major matrices, maps and blocks of them do.
+template <class Cache, class Q, class KV, class = void>
+struct can_step : std::false_type {};
+template <class Cache, class Q, class KV>
+struct can_step<Cache, Q, KV,
+                std::void_t<decltype(std::declval<Cache&>().step(
+                    Index{0}, std::declval<const Q&>(), std::declval<const KV&>(),
+                    std::declval<const KV&>(), std::declval<RowMatrix&>()))>> : std::true_type {};
+using ColMatrix = Eigen::MatrixXf;
+static_assert(can_step<AnyCache, RowMatrix, RowMatrix>::value);
+static_assert(can_step<MultiStateCache<TOVA>, Eigen::Map<const RowMatrix>, RowMatrix>::value);
+static_assert(can_step<AnyCache, Eigen::Ref<const RowMatrix>, RowMatrix>::value);
+static_assert(can_step<AnyCache, RowVector, RowVector>::value);
+static_assert(can_step<AnyCache, Eigen::Block<const RowMatrix>, RowMatrix>::value);
+static_assert(!can_step<AnyCache, ColMatrix, RowMatrix>::value);
+static_assert(!can_step<AnyCache, RowMatrix, ColMatrix>::value);
+static_assert(!can_step<MultiStateCache<TOVA>, Eigen::Map<const ColMatrix>, RowMatrix>::value);
+static_assert(!can_step<AnyCache, Eigen::Ref<const ColMatrix>, RowMatrix>::value);
+
 // The API contract (README, "API contract"): what never throws.
 static_assert(noexcept(std::declval<AnyCache&>().reset()));
 static_assert(noexcept(std::declval<const AnyCache&>().capacity()));

@@ -42,20 +42,27 @@ namespace {
 using testing::random_matrix;
 using testing::small_config;
 
-// Steps `cache` through `tokens` tokens (already generated) and counts the allocations.
+// Steps `cache` through `tokens` tokens (already generated, one a row) and counts the
+// allocations. With `token_rows`, step gets each token's rows as they are (the t = 1 layout of
+// step_chunk), else mapped as one head a row.
 template <class Cache>
 long allocations_while_stepping(Cache& cache, const RowMatrix& q, const RowMatrix& k,
-                                const RowMatrix& v, Index tokens) {
+                                const RowMatrix& v, Index tokens, bool token_rows = false) {
   const CacheConfig& c = cache.config();
   RowMatrix out(c.n_q_heads, c.head_dim);
+  Eigen::Map<RowMatrix> out_row(out.data(), 1, c.n_q_heads * c.head_dim);
   g_allocations = 0;
   g_counting = true;
   Eigen::internal::set_is_malloc_allowed(false);
   for (Index t = 0; t < tokens; ++t) {
     for (Index l = 0; l < c.n_layers; ++l) {
-      cache.step(l, Eigen::Map<const RowMatrix>(q.row(t).data(), c.n_q_heads, c.head_dim),
-                 Eigen::Map<const RowMatrix>(k.row(t).data(), c.n_kv_heads, c.head_dim),
-                 Eigen::Map<const RowMatrix>(v.row(t).data(), c.n_kv_heads, c.head_dim), out);
+      if (token_rows) {
+        cache.step(l, q.row(t), k.middleRows(t, 1), v.row(t), out_row);
+      } else {
+        cache.step(l, Eigen::Map<const RowMatrix>(q.row(t).data(), c.n_q_heads, c.head_dim),
+                   Eigen::Map<const RowMatrix>(k.row(t).data(), c.n_kv_heads, c.head_dim),
+                   Eigen::Map<const RowMatrix>(v.row(t).data(), c.n_kv_heads, c.head_dim), out);
+      }
     }
   }
   Eigen::internal::set_is_malloc_allowed(true);
@@ -71,21 +78,23 @@ TEST(NoAllocation, BoundedStepsNeverAllocate) {
         for (PolicyKind kind :
              {PolicyKind::window, PolicyKind::sink, PolicyKind::h2o, PolicyKind::tova}) {
           for (Index threads : {1, 2}) {  // the workers must not allocate either
-            CacheConfig config = small_config(8, n_kv, head_dim, 300, 2);
-            config.rope = Rope(head_dim);
-            config.positions = mode;
-            config.threads = threads;
-            PolicyOptions options;
-            options.kind = kind;
-            AnyCache cache(config, make_policy(options));
-            const Index tokens = 320;
-            const RowMatrix q = random_matrix(tokens, 8 * head_dim, 1);
-            const RowMatrix k = random_matrix(tokens, n_kv * head_dim, 2);
-            const RowMatrix v = random_matrix(tokens, n_kv * head_dim, 3);
-            EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens), 0)
-                << policy_name(kind) << " head_dim " << head_dim << " n_kv " << n_kv << " "
-                << to_string(mode) << " threads " << threads;
-            EXPECT_EQ(cache.size(1), 300);
+            for (bool token_rows : {false, true}) {
+              CacheConfig config = small_config(8, n_kv, head_dim, 300, 2);
+              config.rope = Rope(head_dim);
+              config.positions = mode;
+              config.threads = threads;
+              PolicyOptions options;
+              options.kind = kind;
+              AnyCache cache(config, make_policy(options));
+              const Index tokens = 320;
+              const RowMatrix q = random_matrix(tokens, 8 * head_dim, 1);
+              const RowMatrix k = random_matrix(tokens, n_kv * head_dim, 2);
+              const RowMatrix v = random_matrix(tokens, n_kv * head_dim, 3);
+              EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens, token_rows), 0)
+                  << policy_name(kind) << " head_dim " << head_dim << " n_kv " << n_kv << " "
+                  << to_string(mode) << " threads " << threads << " token_rows " << token_rows;
+              EXPECT_EQ(cache.size(1), 300);
+            }
           }
         }
       }

@@ -18,9 +18,24 @@
 #include "msrnn/detail/select_victim.hpp"
 #include "msrnn/policy.hpp"
 #include "msrnn/rope.hpp"
+#include "msrnn/slot_table.hpp"
 #include "msrnn/types.hpp"
 
 namespace msrnn {
+
+namespace detail {
+
+/// True for an Eigen matrix or map that `Eigen::Ref<const RowMatrix>` binds through a temporary
+/// copy because it is column-major (compile-time vectors excepted: their layout is the same).
+template <class T, class = void>
+struct copied_by_row_ref : std::false_type {};
+template <class T>
+struct copied_by_row_ref<T, std::enable_if_t<std::is_base_of_v<Eigen::DenseBase<T>, T>>>
+    : std::bool_constant<!T::IsVectorAtCompileTime && !T::IsRowMajor> {};
+template <class T>
+inline constexpr bool copied_by_row_ref_v = copied_by_row_ref<std::decay_t<T>>::value;
+
+}  // namespace detail
 
 /// Shape and options of a cache. Checked by the MultiStateCache constructor.
 struct CacheConfig {
@@ -55,7 +70,9 @@ struct CacheConfig {
 /// is one recurrence of one layer: insert the new token's key and value, attend with the new
 /// query heads over the kept states plus the new one, let the policy score them, and if more
 /// than C are held, evict the one the policy chooses. Its slot becomes the free slot the next
-/// token overwrites: no rows move and nothing is allocated per step (except by Full, which grows).
+/// token overwrites: no rows move and nothing is allocated per step (except by Full, which grows),
+/// as long as q, k, v are row-major with contiguous rows (see `step`). The bookkeeping of which
+/// slot holds what is a SlotTable per layer; the keys and values lie beside it.
 ///
 ///   msrnn::CacheConfig config;
 ///   config.n_layers = 6; config.n_q_heads = 8; config.n_kv_heads = 4; config.head_dim = 64;
@@ -63,6 +80,7 @@ struct CacheConfig {
 ///   config.rope = msrnn::Rope(64);
 ///   msrnn::MultiStateCache<msrnn::TOVA> cache(config);
 ///   cache.step(layer, q, k, v, out);  // q (8, 64), k v (4, 64), out (8, 64)
+///   cache.step(layer, q, k, v, out);  // or a token a row: q (1, 512), k v (1, 256), out (1, 512)
 ///
 /// `Policy` is one of the policies (see `Window` for their interface) or `AnyPolicy`, chosen at
 /// run time; the cache dispatches on it once per call, never per slot. Thread safety: distinct
@@ -139,7 +157,8 @@ class MultiStateCache {
             "the key/value storage would need more than 2^62 bytes");
 
     group_ = config.n_q_heads / config.n_kv_heads;
-    layers_.resize(static_cast<std::size_t>(config.n_layers));
+    layers_.reserve(static_cast<std::size_t>(config.n_layers));
+    for (Index l = 0; l < config.n_layers; ++l) layers_.emplace_back(config.n_kv_heads);
     q_.setZero(config.n_q_heads, config.head_dim);
     // (throws std::system_error if a thread cannot start, after joining the started ones)
     workers_ = detail::ForkJoin(std::min(config.threads, config.n_kv_heads));
@@ -161,23 +180,48 @@ class MultiStateCache {
   /// config.threads > 1 and a worker thread cannot be started (the started ones are joined first).
   MultiStateCache copy() const { return MultiStateCache(*this); }
 
-  /// One decode step of `layer`: the new token's
-  ///   q   (n_q_heads, head_dim)   query heads, without positions when the cache owns a rope
-  ///   k   (n_kv_heads, head_dim)
-  ///   v   (n_kv_heads, head_dim)
-  ///   out (n_q_heads, head_dim)   written: the attention output of every query head
-  /// Throws std::invalid_argument when a shape or the layer is wrong. Otherwise a bounded policy
-  /// never throws and never allocates; Full allocates (and may throw std::bad_alloc) when its
-  /// storage must grow.
+  /// One decode step of `layer`: the new token's q, k, v and out, each in either layout (the
+  /// same memory; with one head they coincide):
+  ///       one head a row           one token a row (step_chunk's, t = 1)
+  ///   q   (n_q_heads, head_dim)    (1, n_q_heads * head_dim)   without positions if we own a rope
+  ///   k   (n_kv_heads, head_dim)   (1, n_kv_heads * head_dim)
+  ///   v   (n_kv_heads, head_dim)   (1, n_kv_heads * head_dim)
+  ///   out (n_q_heads, head_dim)    (1, n_q_heads * head_dim)   written: every query head's output
+  /// Throws std::invalid_argument when the layer or a shape is wrong (naming both layouts).
+  /// Otherwise a bounded policy never throws and never allocates, provided q, k and v are
+  /// row-major with contiguous rows (inner stride 1): an Eigen::Ref<const RowMatrix> bound to
+  /// anything else (a column-major matrix, a strided map, an expression such as `a + b`) is a
+  /// temporary copy. Column-major Eigen arguments are rejected at compile time (the deleted
+  /// overload below). Full allocates (and may throw std::bad_alloc) when its storage must grow.
   void step(Index layer, const Eigen::Ref<const RowMatrix>& q, const Eigen::Ref<const RowMatrix>& k,
             const Eigen::Ref<const RowMatrix>& v, Eigen::Ref<RowMatrix> out) {
     check_layer(layer);
-    check_shape("q", q.rows(), q.cols(), config_.n_q_heads, config_.head_dim);
-    check_shape("k", k.rows(), k.cols(), config_.n_kv_heads, config_.head_dim);
-    check_shape("v", v.rows(), v.cols(), config_.n_kv_heads, config_.head_dim);
-    check_shape("out", out.rows(), out.cols(), config_.n_q_heads, config_.head_dim);
-    dispatch([&](auto& p) { step_one(p, layer, q, k, v, out); });
+    const Index nq = config_.n_q_heads;
+    const Index nkv = config_.n_kv_heads;
+    check_step_shape("q", q.rows(), q.cols(), nq);
+    check_step_shape("k", k.rows(), k.cols(), nkv);
+    check_step_shape("v", v.rows(), v.cols(), nkv);
+    check_step_shape("out", out.rows(), out.cols(), nq);
+    const Index d = config_.head_dim;
+    // (heads, head_dim) views of either layout: a token row is its heads, one after the other.
+    auto heads = [d](auto& m, Index n) {
+      using M = std::conditional_t<std::is_const_v<std::remove_reference_t<decltype(*m.data())>>,
+                                   const RowMatrix, RowMatrix>;
+      return Eigen::Map<M, 0, Eigen::OuterStride<>>(
+          m.data(), n, d, Eigen::OuterStride<>(m.rows() == n ? m.outerStride() : d));
+    };
+    dispatch([&](auto& p) {
+      step_one(p, layer, heads(q, nq), heads(k, nkv), heads(v, nkv), heads(out, nq));
+    });
   }
+
+  /// Column-major Eigen arguments would bind to `step` through a temporary copy (an allocation on
+  /// the per-token path): pass row-major matrices or maps (msrnn::RowMatrix).
+  template <class Q, class K, class V, class Out,
+            std::enable_if_t<detail::copied_by_row_ref_v<Q> || detail::copied_by_row_ref_v<K> ||
+                                 detail::copied_by_row_ref_v<V>,
+                             int> = 0>
+  void step(Index layer, const Q& q, const K& k, const V& v, Out&& out) = delete;
 
   /// Feeds t tokens of `layer` at once (a prompt): the same outputs and kept states, to float
   /// tolerance, as t calls of `step`. One token per row:
@@ -222,7 +266,8 @@ class MultiStateCache {
     const Index width = config_.n_kv_heads * config_.head_dim;
     check_shape("k", k.rows(), k.cols(), t, width);
     check_shape("v", v.rows(), v.cols(), t, width);
-    LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    Layer& state = layers_[static_cast<std::size_t>(layer)];
+    const SlotTable& table = state.table;
     auto limit = [] { return " (" + std::to_string(kMaxPosition) + ")"; };  // only on failure
     if (!positions.empty() && static_cast<Index>(positions.size()) != t) {
       throw_invalid("positions.size()", positions.size(),
@@ -234,18 +279,18 @@ class MultiStateCache {
       if (positions[i] >= kMaxPosition) {
         throw_invalid("positions", positions[i], "must be below kMaxPosition" + limit());
       }
-      const Index after = i == 0 ? state.seen : positions[i - 1] + 1;
+      const Index after = i == 0 ? table.seen() : positions[i - 1] + 1;
       if (positions[i] < after) {
         throw_invalid("positions", positions[i],
                       "must be ascending and at least tokens_seen (" + std::to_string(after) + ")");
       }
     }
-    if (positions.empty() && t > kMaxPosition - state.seen) {
+    if (positions.empty() && t > kMaxPosition - table.seen()) {
       throw_invalid("k.rows()", t,
-                    "the positions it takes from tokens_seen (" + std::to_string(state.seen) +
+                    "the positions it takes from tokens_seen (" + std::to_string(table.seen()) +
                         ") on must stay below kMaxPosition" + limit());
     }
-    const Index next = positions.empty() ? state.seen + t : positions.back() + 1;
+    const Index next = positions.empty() ? table.seen() + t : positions.back() + 1;
     if (seen && *seen > kMaxPosition) {
       throw_invalid("seen", *seen, "must be at most kMaxPosition" + limit());
     }
@@ -253,34 +298,25 @@ class MultiStateCache {
       throw_invalid("seen", *seen,
                     "must be at least the last position + 1 (" + std::to_string(next) + ")");
     }
-    if (capacity_ != kUnbounded && t > capacity_ - state.held) {
+    if (capacity_ != kUnbounded && t > capacity_ - table.held()) {
       throw_invalid("k.rows()", t,
-                    "must fit in the free capacity (" + std::to_string(capacity_ - state.held) +
+                    "must fit in the free capacity (" + std::to_string(capacity_ - table.held()) +
                         " of " + std::to_string(capacity_) + ")");
     }
-    if (capacity_ == kUnbounded) reserve(state.held + t);
+    if (capacity_ == kUnbounded) reserve(table.held() + t);
     for (Index i = 0; i < t; ++i) {
-      const Index slot = state.held + i;
       const Index position =
-          positions.empty() ? state.seen + i : positions[static_cast<std::size_t>(i)];
-      insert_in_order(state, slot, position, row_data(k, i), row_data(v, i));
+          positions.empty() ? table.seen() : positions[static_cast<std::size_t>(i)];
+      push(state, position, row_data(k, i), row_data(v, i));
     }
-    state.seen = seen.value_or(next);
-    if (t == 0) return;  // (a full cache's free slot may be anywhere)
-    state.held += t;
-    std::fill(state.free_slot.begin(), state.free_slot.end(), state.held);
+    if (seen) state.table.set_seen(*seen);
   }
 
   /// Forgets every state of every layer (a new sequence); keeps the storage. O(n_layers *
   /// n_kv_heads): the slots are not cleared, only no longer counted as used.
   void reset() noexcept {
     if (!constructed_) return;
-    for (LayerState& layer : layers_) {
-      layer.held = 0;
-      layer.seen = 0;
-      layer.used = 0;
-      std::fill(layer.free_slot.begin(), layer.free_slot.end(), Index{0});
-    }
+    for (Layer& layer : layers_) layer.table.reset();
   }
 
   // ---- introspection ----------------------------------------------------------------------
@@ -294,25 +330,19 @@ class MultiStateCache {
   /// States held by `layer` now (the same in every KV head).
   Index size(Index layer) const {
     check_layer(layer);
-    return layers_[static_cast<std::size_t>(layer)].held;
+    return layers_[static_cast<std::size_t>(layer)].table.held();
   }
   /// Tokens `layer` has seen: the position the next token will get.
   Index tokens_seen(Index layer) const {
     check_layer(layer);
-    return layers_[static_cast<std::size_t>(layer)].seen;
+    return layers_[static_cast<std::size_t>(layer)].table.seen();
   }
   /// Original positions of the states `layer` keeps in `kv_head`, ascending.
   std::vector<Index> kept_positions(Index layer, Index kv_head) const {
     check_layer(layer);
     detail::require(kv_head >= 0 && kv_head < config_.n_kv_heads, "kv_head", kv_head,
                     "must be in [0, " + std::to_string(config_.n_kv_heads) + ")");
-    const LayerState& state = layers_[static_cast<std::size_t>(layer)];
-    std::vector<Index> kept;
-    for (Index slot = 0; slot < state.used; ++slot) {
-      if (state.position(kv_head, slot) != kEmpty) kept.push_back(state.position(kv_head, slot));
-    }
-    std::sort(kept.begin(), kept.end());
-    return kept;
+    return layers_[static_cast<std::size_t>(layer)].table.kept_positions(kv_head);
   }
   /// Bytes of key and value storage: n_layers * n_kv_heads * slots * head_dim * 2 * 4 (allocated;
   /// resident as slots are used).
@@ -323,71 +353,43 @@ class MultiStateCache {
   }
 
  private:
-  using PositionMatrix = Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  static constexpr Index kEmpty = -1;
   static constexpr Index kDefaultFullReservation = 256;
   static constexpr Index kChunkScratchFloats = Index{1} << 23;  // 32 MiB of probabilities
 
-  // A (rows, cols) matrix holding the first `keep` rows (or columns) of m; the rest is allocated
-  // and left unwritten, so that it only becomes resident once used.
+  // A (rows, cols) matrix holding the first `keep` rows of m; the rest is allocated and left
+  // unwritten, so that it only becomes resident once used.
   template <class M>
   static M with_top_rows(const M& m, Index rows, Index cols, Index keep) {
     M out(rows, cols);
     if (keep > 0) out.topRows(keep) = m.topRows(keep);
     return out;
   }
-  template <class M>
-  static M with_left_cols(const M& m, Index rows, Index cols, Index keep) {
-    M out(rows, cols);
-    if (keep > 0) out.leftCols(keep) = m.leftCols(keep);
-    return out;
-  }
 
-  // Storage and bookkeeping of one layer. Invariant between steps: the held states fill slots
-  // [0, held] except free_slot[g] in each KV head; right after an insert they fill [0, held).
-  // Slots are written in order of first use, so [0, used) are the only ones written since
-  // construction or reset: nothing reads above `used`, and neither construction, reset nor a
-  // copy has to write (and make resident) the rest.
-  struct LayerState {
-    Index held = 0;                 // states kept (the same count in every KV head)
-    Index seen = 0;                 // tokens seen: the next token's position
-    Index used = 0;                 // slots written since construction or reset (every KV head)
-    std::vector<Index> free_slot;   // (n_kv_heads) where each KV head's next token goes
+  // One layer: its slot bookkeeping and, beside it, the keys and values it places. Row s of
+  // keys[g] and values[g] belongs to slot s of KV head g; only rows [0, table.used()) are written.
+  struct Layer {
+    SlotTable table;
     std::vector<RowMatrix> keys;    // (n_kv_heads): (slots, head_dim)
     std::vector<RowMatrix> values;  // (n_kv_heads): (slots, head_dim)
-    PositionMatrix position;        // (n_kv_heads, slots) original position, kEmpty if none
-    PositionMatrix rank;            // (n_kv_heads, slots) rank among the kept (used by in_cache)
-    RowMatrix score;                // (n_kv_heads, slots) the policy's score of each slot
 
-    LayerState() = default;
-    // Copies the slots in use; the copy's others are allocated, unwritten.
-    LayerState(const LayerState& other)
-        : held(other.held), seen(other.seen), used(other.used), free_slot(other.free_slot) {
+    explicit Layer(Index n_kv_heads)
+        : table(n_kv_heads, 0),
+          keys(static_cast<std::size_t>(n_kv_heads)),
+          values(static_cast<std::size_t>(n_kv_heads)) {}
+    // Copies the rows in use; the copy's others are allocated, unwritten.
+    Layer(const Layer& other) : table(other.table) {
       keys.reserve(other.keys.size());
       values.reserve(other.values.size());
       for (std::size_t g = 0; g < other.keys.size(); ++g) {
         const RowMatrix& k = other.keys[g];
-        keys.push_back(with_top_rows(k, k.rows(), k.cols(), used));
-        values.push_back(with_top_rows(other.values[g], k.rows(), k.cols(), used));
+        keys.push_back(with_top_rows(k, k.rows(), k.cols(), table.used()));
+        values.push_back(with_top_rows(other.values[g], k.rows(), k.cols(), table.used()));
       }
-      position = with_left_cols(other.position, other.position.rows(), other.position.cols(), used);
-      rank = with_left_cols(other.rank, other.rank.rows(), other.rank.cols(), used);
-      score = with_left_cols(other.score, other.score.rows(), other.score.cols(), used);
     }
-    // Hands the counters over with the storage, so that a moved-from one holds no slots.
-    LayerState(LayerState&& other) noexcept
-        : held(std::exchange(other.held, 0)),
-          seen(std::exchange(other.seen, 0)),
-          used(std::exchange(other.used, 0)),
-          free_slot(std::move(other.free_slot)),
-          keys(std::move(other.keys)),
-          values(std::move(other.values)),
-          position(std::move(other.position)),
-          rank(std::move(other.rank)),
-          score(std::move(other.score)) {}
-    LayerState& operator=(const LayerState&) = delete;
-    LayerState& operator=(LayerState&&) = delete;
-    ~LayerState() = default;
+    Layer(Layer&&) noexcept = default;  // the table hands its counters over
+    Layer& operator=(const Layer&) = delete;
+    Layer& operator=(Layer&&) = delete;
+    ~Layer() = default;
   };
 
   // Scratch of one thread. The decode part is sized at construction (and when Full grows), so
@@ -493,6 +495,17 @@ class MultiStateCache {
     }
   }
 
+  // Accepts (heads, head_dim) or (1, heads * head_dim), see `step`.
+  void check_step_shape(const char* name, Index rows, Index cols, Index heads) const {
+    const Index d = config_.head_dim;
+    if ((rows != heads || cols != d) && (rows != 1 || cols != heads * d)) {
+      detail::throw_invalid(name, detail::shape_string(rows, cols),
+                            "expected shape " + detail::shape_string(heads, d) +
+                                " (one head a row) or " + detail::shape_string(1, heads * d) +
+                                " (one token a row)");
+    }
+  }
+
   static const float* row_data(const Eigen::Ref<const RowMatrix>& m, Index row) noexcept {
     return m.data() + row * m.outerStride();
   }
@@ -508,19 +521,13 @@ class MultiStateCache {
   // slots in use. Allocates without writing: a slot's memory becomes resident when it is used.
   void resize_slots(Index slots) {
     const Index d = config_.head_dim;
-    const Index n_kv = config_.n_kv_heads;
-    for (LayerState& layer : layers_) {
-      const Index used = layer.used;
-      layer.free_slot.resize(static_cast<std::size_t>(n_kv), 0);
-      layer.keys.resize(static_cast<std::size_t>(n_kv));
-      layer.values.resize(layer.keys.size());
+    for (Layer& layer : layers_) {
+      const Index used = layer.table.used();
       for (std::size_t g = 0; g < layer.keys.size(); ++g) {
         layer.keys[g] = with_top_rows(layer.keys[g], slots, d, used);
         layer.values[g] = with_top_rows(layer.values[g], slots, d, used);
       }
-      layer.position = with_left_cols(layer.position, n_kv, slots, used);
-      layer.rank = with_left_cols(layer.rank, n_kv, slots, used);
-      layer.score = with_left_cols(layer.score, n_kv, slots, used);
+      layer.table.grow(slots);
     }
     for (Scratch& scratch : scratch_) {
       scratch.probs.resize(group_, padded(slots));
@@ -554,33 +561,27 @@ class MultiStateCache {
     if (needed > slots_) resize_slots(std::max(needed, 2 * slots_));
   }
 
-  // Writes one token's key and value (head_dim floats each) into `slot` of KV head g.
-  // In absolute mode the key is rotated with the angles in cos_/sin_.
-  void insert(LayerState& state, Index g, Index slot, Index position, Index rank, const float* k,
-              const float* v) noexcept {
+  // Writes one token's key and value (head_dim floats each) into row `slot` of KV head g, where
+  // the slot table has just put its state. In absolute mode the key is rotated with the angles in
+  // cos_/sin_.
+  void write_kv(Layer& layer, Index g, Index slot, const float* k, const float* v) noexcept {
     const Index d = config_.head_dim;
     const auto gi = static_cast<std::size_t>(g);
-    RowMatrix& keys = state.keys[gi];
+    RowMatrix& keys = layer.keys[gi];
     keys.row(slot) = Eigen::Map<const RowVector>(k, d);
     if (rotates_absolute()) config_.rope->rotate(&keys(slot, 0), cos_.data(), sin_.data());
-    state.values[gi].row(slot) = Eigen::Map<const RowVector>(v, d);
-    state.position(g, slot) = position;
-    state.rank(g, slot) = rank;
-    state.score(g, slot) = 0.0f;
+    layer.values[gi].row(slot) = Eigen::Map<const RowVector>(v, d);
   }
 
-  // Writes one token's key and value (rows of n_kv_heads * head_dim) into `slot` of every KV
-  // head, with rank `slot`: for a cache with room, whose held states fill [0, held) in position
-  // order (no eviction since the last reset). Leaves the angles of `position` in cos_/sin_.
-  void insert_in_order(LayerState& state, Index slot, Index position, const float* k,
-                       const float* v) noexcept {
+  // Puts one token's state at `position` into slot held() of every KV head (see SlotTable::push)
+  // with its key and value (rows of n_kv_heads * head_dim). Leaves the angles of `position` in
+  // cos_/sin_.
+  void push(Layer& layer, Index position, const float* k, const float* v) noexcept {
     const Index d = config_.head_dim;
+    const Index slot = layer.table.held();
     if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
-    for (Index g = 0; g < config_.n_kv_heads; ++g) {
-      assert(state.free_slot[static_cast<std::size_t>(g)] == state.held);
-      insert(state, g, slot, position, slot, k + g * d, v + g * d);
-    }
-    state.used = std::max(state.used, slot + 1);
+    for (Index g = 0; g < config_.n_kv_heads; ++g) write_kv(layer, g, slot, k + g * d, v + g * d);
+    layer.table.push(position);
   }
 
   // Encodes the position of one query head (head_dim floats) in place: at `position` in absolute
@@ -595,12 +596,12 @@ class MultiStateCache {
 
   // The keys KV head g attends over: the stored rows [0, live), or in in_cache mode those rows
   // rotated at their rank among the kept states (angles filled up to live).
-  const RowMatrix& attended_keys(const LayerState& state, Index g, Index live,
+  const RowMatrix& attended_keys(const Layer& layer, Index g, Index live,
                                  RowMatrix& rotated) const noexcept {
-    const RowMatrix& stored = state.keys[static_cast<std::size_t>(g)];
+    const RowMatrix& stored = layer.keys[static_cast<std::size_t>(g)];
     if (!rotates_in_cache()) return stored;
     for (Index slot = 0; slot < live; ++slot) {
-      const Index rank = state.rank(g, slot);
+      const Index rank = layer.table.rank(g, slot);
       rotated.row(slot) = stored.row(slot);
       config_.rope->rotate(&rotated(slot, 0), &rank_angles_.cos(rank, 0),
                            &rank_angles_.sin(rank, 0));
@@ -608,17 +609,19 @@ class MultiStateCache {
     return rotated;
   }
 
+  // One recurrence of one layer: insert -> attend -> score -> evict. q and out (n_q_heads,
+  // head_dim), k and v (n_kv_heads, head_dim), shapes checked.
   template <class P>
-  void step_one(P& policy, Index layer, const Eigen::Ref<const RowMatrix>& q,
+  void step_one(P& policy, Index layer_index, const Eigen::Ref<const RowMatrix>& q,
                 const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
                 Eigen::Ref<RowMatrix> out) {
-    LayerState& state = layers_[static_cast<std::size_t>(layer)];
-    if constexpr (!P::kEvicts) reserve(state.held + 1);
-    const Index position = state.seen;
-    const Index live = state.held + 1;  // the kept states plus the new one
+    Layer& layer = layers_[static_cast<std::size_t>(layer_index)];
+    SlotTable& table = layer.table;
+    if constexpr (!P::kEvicts) reserve(table.held() + 1);
+    const Index position = table.seen();
+    const Index live = table.begin_step();  // the kept states plus the new one
     if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
     if (rotates_in_cache()) fill_rank_angles(live);
-    state.used = std::max(state.used, live);  // every free slot is below live
     const bool over = P::kEvicts && live > capacity_;
     const bool evict_per_head = over && policy.per_head();
 
@@ -627,79 +630,62 @@ class MultiStateCache {
     // per-head policy also chooses its victim here. Each head writes only its own rows.
     auto head_step = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
-      const auto gi = static_cast<std::size_t>(g);
-      insert(state, g, state.free_slot[gi], position, live - 1, row_data(k, g), row_data(v, g));
-      state.free_slot[gi] = live;  // until an eviction says otherwise
+      write_kv(layer, g, table.insert_newest(g), row_data(k, g), row_data(v, g));
       for (Index h = g * group_; h < (g + 1) * group_; ++h) {
         q_.row(h) = q.row(h);
         encode_query(&q_(h, 0), live - 1);
       }
-      const RowMatrix& keys = attended_keys(state, g, live, scratch.keys_rotated);
+      const RowMatrix& keys = attended_keys(layer, g, live, scratch.keys_rotated);
       auto probs = scratch.probs.topLeftCorner(group_, live);
-      attend(q_.middleRows(g * group_, group_), keys.topRows(live), state.values[gi].topRows(live),
-             scale_, probs, out.middleRows(g * group_, group_));
+      attend(q_.middleRows(g * group_, group_), keys.topRows(live),
+             layer.values[static_cast<std::size_t>(g)].topRows(live), scale_, probs,
+             out.middleRows(g * group_, group_));
       if constexpr (P::kNeedsProbabilities) {
-        policy.observe(g, probs, 1, state.score.row(g).head(live));
+        policy.observe(g, probs, 1, table.scores().row(g).head(live));
       }
       if (evict_per_head) {
-        remove(state, g,
-               detail::select_victim(policy, &state.score(g, 0), &state.position(g, 0), live,
-                                     position),
-               live);
+        table.remove(g,
+                     detail::select_victim(policy, &table.scores()(g, 0), table.positions(g), live,
+                                           position),
+                     rotates_in_cache());
       }
     };
     workers_.run(config_.n_kv_heads, head_step);
-    state.held = live;
-    state.seen = position + 1;
 
     // 4. evict down to C
     if (over) {
-      if (!evict_per_head) evict_per_layer(policy, state, live);
-      --state.held;
+      if (!evict_per_head) evict_per_layer(policy, table, live);
+      table.end_eviction();
     }
   }
 
   // One victim for the whole layer, the same slot in every KV head (their slots stay aligned).
   template <class P>
-  void evict_per_layer(const P& policy, LayerState& state, Index live) noexcept {
-    const float* score = &state.score(0, 0);
+  void evict_per_layer(const P& policy, SlotTable& table, Index live) noexcept {
+    const float* score = &table.scores()(0, 0);
     if constexpr (P::kNeedsProbabilities) {
       if (config_.n_kv_heads > 1) {
         RowVector& sum = scratch_[0].layer_score;  // the calling thread's: the heads have joined
-        sum.head(live).noalias() = state.score.leftCols(live).colwise().sum();
+        sum.head(live).noalias() = table.scores().leftCols(live).colwise().sum();
         score = sum.data();
       }
     }
     const Index victim =
-        detail::select_victim(policy, score, &state.position(0, 0), live, state.seen - 1);
-    for (Index g = 0; g < config_.n_kv_heads; ++g) remove(state, g, victim, live);
-  }
-
-  // Frees `slot` of KV head g, one of the `live` held slots; the ranks above the evicted one move
-  // down.
-  void remove(LayerState& state, Index g, Index slot, Index live) noexcept {
-    assert(slot >= 0 && slot < live);
-    if (rotates_in_cache()) {
-      const Index gone = state.rank(g, slot);
-      for (Index j = 0; j < live; ++j) {
-        if (state.rank(g, j) > gone) --state.rank(g, j);
-      }
-    }
-    state.position(g, slot) = kEmpty;
-    state.free_slot[static_cast<std::size_t>(g)] = slot;
+        detail::select_victim(policy, score, table.positions(0), live, table.seen() - 1);
+    for (Index g = 0; g < config_.n_kv_heads; ++g) table.remove(g, victim, rotates_in_cache());
   }
 
   template <class P>
   void chunk(P& policy, Index layer, const Eigen::Ref<const RowMatrix>& q,
              const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
              Eigen::Ref<RowMatrix> out) {
-    const LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    const SlotTable& table = layers_[static_cast<std::size_t>(layer)].table;
     const Index nq = config_.n_q_heads;
     const Index nkv = config_.n_kv_heads;
     const Index d = config_.head_dim;
     Index t = 0;
     while (t < q.rows()) {
-      const Index room = P::kEvicts ? capacity_ - state.held : q.rows() - t;
+      const Index room = P::kEvicts ? capacity_ - table.held() : q.rows() - t;
       if (room <= 0) {
         // Full cache: every token brings an eviction that depends on its own query.
         step_one(policy, layer, Eigen::Map<const RowMatrix>(row_data(q, t), nq, d),
@@ -710,8 +696,8 @@ class MultiStateCache {
         continue;
       }
       Index n = std::min({q.rows() - t, room, config_.max_chunk});
-      while (n > 1 && group_ * n * padded(state.held + n) > kChunkScratchFloats) n /= 2;
-      if constexpr (!P::kEvicts) reserve(state.held + n);
+      while (n > 1 && group_ * n * padded(table.held() + n) > kChunkScratchFloats) n /= 2;
+      if constexpr (!P::kEvicts) reserve(table.held() + n);
       prefill(policy, layer, q.middleRows(t, n), k.middleRows(t, n), v.middleRows(t, n),
               out.middleRows(t, n));
       t += n;
@@ -721,14 +707,15 @@ class MultiStateCache {
   // n tokens that fit in the free capacity: no eviction, so the slots are in position order and
   // causal attention over [0, held + n) is one matrix product per KV head.
   template <class P>
-  void prefill(P& policy, Index layer, const Eigen::Ref<const RowMatrix>& q,
+  void prefill(P& policy, Index layer_index, const Eigen::Ref<const RowMatrix>& q,
                const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
                Eigen::Ref<RowMatrix> out) {
-    LayerState& state = layers_[static_cast<std::size_t>(layer)];
+    Layer& layer = layers_[static_cast<std::size_t>(layer_index)];
+    SlotTable& table = layer.table;
     const Index n = q.rows();
     const Index d = config_.head_dim;
     const Index rows = group_ * n;  // query rows per KV head
-    const Index before = state.held;
+    const Index before = table.held();
     const Index live = before + n;
     assert(live <= slots_);
     if (chunk_q_.rows() < config_.n_q_heads * n) {
@@ -745,7 +732,7 @@ class MultiStateCache {
 
     for (Index i = 0; i < n; ++i) {
       const Index slot = before + i;
-      insert_in_order(state, slot, state.seen + i, row_data(k, i), row_data(v, i));
+      push(layer, table.seen(), row_data(k, i), row_data(v, i));
       // Query head h of token i goes to row i * group + r of its KV head's block.
       for (Index h = 0; h < config_.n_q_heads; ++h) {
         const Index row = (h / group_) * rows + i * group_ + h % group_;
@@ -753,17 +740,14 @@ class MultiStateCache {
         encode_query(&chunk_q_(row, 0), slot);
       }
     }
-    state.held = live;
-    state.seen += n;
-    std::fill(state.free_slot.begin(), state.free_slot.end(), live);
 
     // Per KV head, the heads split across threads; each writes only its own columns of out.
     auto head_prefill = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
-      const RowMatrix& keys = attended_keys(state, g, live, scratch.keys_rotated);
+      const RowMatrix& keys = attended_keys(layer, g, live, scratch.keys_rotated);
       auto probs = scratch.chunk_probs.topLeftCorner(rows, live);
       attend_causal(chunk_q_.middleRows(g * rows, rows), keys.topRows(live),
-                    state.values[static_cast<std::size_t>(g)].topRows(live), scale_, before, group_,
+                    layer.values[static_cast<std::size_t>(g)].topRows(live), scale_, before, group_,
                     probs, scratch.chunk_out.topRows(rows));
       for (Index i = 0; i < n; ++i) {
         for (Index r = 0; r < group_; ++r) {
@@ -771,7 +755,7 @@ class MultiStateCache {
         }
       }
       if constexpr (P::kNeedsProbabilities) {
-        policy.observe(g, probs, n, state.score.row(g).head(live));
+        policy.observe(g, probs, n, table.scores().row(g).head(live));
       }
     };
     workers_.run(config_.n_kv_heads, head_prefill);
@@ -785,7 +769,7 @@ class MultiStateCache {
   Index group_ = 1;  // query heads per KV head
   float scale_ = 1.0f;
 
-  std::vector<LayerState> layers_;  // (n_layers)
+  std::vector<Layer> layers_;  // (n_layers)
 
   detail::ForkJoin workers_;      // the threads that share the KV heads of a layer
   std::vector<Scratch> scratch_;  // (threads)
