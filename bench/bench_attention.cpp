@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "csv.hpp"
+
 namespace {
 
 using msrnn::Index;
@@ -210,21 +212,19 @@ class CollectingReporter : public benchmark::ConsoleReporter {
   }
 };
 
-bool write_csv(const std::string& path, const std::map<std::string, Measured>& results) {
-  std::ofstream out(path);
-  out << "shape,policy,capacity,threads,ns_per_step,gbytes_per_s,read_bw_fraction,"
-         "overhead_vs_window\n";
+void write_csv(const std::string& path, const std::map<std::string, Measured>& results) {
+  engine::CsvWriter out(path, {"shape", "policy", "capacity", "threads", "ns_per_step",
+                               "gbytes_per_s", "read_bw_fraction", "overhead_vs_window"});
   for (const auto& [name, c] : cases()) {
     if (c.policy == "read" || results.count(name) == 0) continue;
     const Measured& m = results.at(name);
     const auto read = results.find("read/" + c.shape + "/C:" + std::to_string(c.capacity) +
                                    "/threads:" + std::to_string(c.threads));
-    out << c.shape << ',' << c.policy << ',' << c.capacity << ',' << c.threads << ',' << m.ns << ','
-        << c.bytes / m.ns << ',';
-    if (read != results.end()) out << read->second.ns / m.ns;
-    out << ',' << m.vs_window << '\n';
+    const std::string fraction =
+        read != results.end() ? std::to_string(read->second.ns / m.ns) : std::string();
+    out.row(c.shape, c.policy, c.capacity, c.threads, m.ns, c.bytes / m.ns, fraction, m.vs_window);
   }
-  return static_cast<bool>(out);
+  out.commit();
 }
 
 }  // namespace
@@ -252,9 +252,13 @@ int main(int argc, char** argv) {
   CollectingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
-  if (!csv.empty() && !write_csv(csv, reporter.results)) {
-    std::fprintf(stderr, "error: %s: cannot write the CSV file\n", csv.c_str());
-    return 2;
+  if (!csv.empty()) {
+    try {
+      write_csv(csv, reporter.results);
+    } catch (const engine::FileError& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 2;
+    }
   }
   return 0;
 }

@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "csv.hpp"
+#include "median.hpp"
 #include "model.hpp"
 
 namespace {
@@ -83,12 +85,6 @@ struct Row {
   double ms_per_token;
   double kv_bytes;
 };
-
-double median(std::vector<double> xs) {
-  std::sort(xs.begin(), xs.end());
-  const std::size_t n = xs.size();
-  return n % 2 ? xs[n / 2] : 0.5 * (xs[n / 2 - 1] + xs[n / 2]);
-}
 
 void print_memory_table(const LlamaConfig& c, Index capacity, double budget_gib) {
   const LlamaConfig llama7b = [] {
@@ -188,7 +184,7 @@ int run(int argc, char** argv) {
           cli::fail("non-finite logits at position " + std::to_string(position));
         ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
       }
-      Row row{msrnn::policy_name(kind), full ? position : capacity, position, median(ms),
+      Row row{msrnn::policy_name(kind), full ? position : capacity, position, bench::median(ms),
               static_cast<double>(model.cache().state_bytes())};
       std::printf("%-8s %9lld %9lld %14.2f %14.0f\n", row.policy.c_str(),
                   static_cast<long long>(row.capacity), static_cast<long long>(position),
@@ -214,13 +210,12 @@ int run(int argc, char** argv) {
   print_memory_table(shape, capacity, budget_gib);
 
   if (!csv.empty()) {
-    std::ofstream out(csv);
-    out << "model,policy,capacity,position,ms_per_token,kv_bytes\n";
+    CsvWriter out(csv, {"model", "policy", "capacity", "position", "ms_per_token", "kv_bytes"});
     for (const Row& r : rows) {
-      out << "stories110M-random," << r.policy << ',' << r.capacity << ',' << r.position << ','
-          << r.ms_per_token << ',' << static_cast<long long>(r.kv_bytes) << '\n';
+      out.row("stories110M-random", r.policy, r.capacity, r.position, r.ms_per_token,
+              static_cast<long long>(r.kv_bytes));
     }
-    if (!out) cli::fail(csv + ": cannot write the CSV file");
+    out.commit();
   }
   return 0;
 }

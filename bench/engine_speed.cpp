@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "median.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -89,12 +90,12 @@ int run(int argc, char** argv) {
               static_cast<long long>(rounds));
   std::printf("%-8s %9s %10s %10s %10s\n", "policy", "capacity", "median", "min", "max");
   for (std::size_t i = 0; i < kinds.size(); ++i) {
-    std::vector<double>& r = rates[i];
-    std::sort(r.begin(), r.end());
+    const std::vector<double>& r = rates[i];
     const Index c = models[i].cache().capacity();
     const std::string shown = c == msrnn::kUnbounded ? "-" : std::to_string(c);
     std::printf("%-8s %9s %10.0f %10.0f %10.0f\n", msrnn::policy_name(kinds[i]), shown.c_str(),
-                r[r.size() / 2], r.front(), r.back());
+                bench::median(r), *std::min_element(r.begin(), r.end()),
+                *std::max_element(r.begin(), r.end()));
   }
   return 0;
 }

@@ -5,12 +5,9 @@
 // (mean cosine similarity over the stream), the state it keeps, and its speed.
 //
 //   msrnn-attention-layer [--capacity 64] [--tokens 2000] [--policy full,window,sink,h2o,tova]
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <msrnn/msrnn.hpp>
 #include <random>
@@ -18,6 +15,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "flags.hpp"
 
 namespace {
 
@@ -69,63 +68,37 @@ struct Options {
                                              msrnn::PolicyKind::tova};
 };
 
-[[noreturn]] void fail(const std::string& message) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  std::exit(2);
-}
-
-Index parse_count(const char* flag, const char* text, long long least) {
-  char* end = nullptr;
-  errno = 0;
-  const long long value = std::strtoll(text, &end, 10);
-  if (end == text || *end != '\0' || errno != 0 || value < least) {
-    fail(std::string(flag) + ": '" + text + "' is not a whole number >= " + std::to_string(least));
-  }
-  return static_cast<Index>(value);
-}
+const char* const kUsage = R"(usage: msrnn-attention-layer [--capacity N] [--tokens N] [--policy LIST]
+  Runs one random Llama-style attention layer (8 heads, 2 KV heads, head_dim 64) over
+  a synthetic stream and compares each policy's outputs with Full.
+  --capacity N   multi-state size C of the bounded policies (default 64)
+  --tokens N     length of the stream (default 2000)
+  --policy LIST  comma-separated: full,window,sink,h2o,tova (default all)
+)";
 
 Options parse(int argc, char** argv) {
   Options options;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::printf(
-          "usage: msrnn-attention-layer [--capacity N] [--tokens N] [--policy LIST]\n"
-          "  Runs one random Llama-style attention layer (8 heads, 2 KV heads, head_dim 64) over\n"
-          "  a synthetic stream and compares each policy's outputs with Full.\n"
-          "  --capacity N   multi-state size C of the bounded policies (default 64)\n"
-          "  --tokens N     length of the stream (default 2000)\n"
-          "  --policy LIST  comma-separated: full,window,sink,h2o,tova (default all)\n");
-      std::exit(0);
-    }
-    if (i + 1 >= argc) fail(std::string(flag) + " needs a value (see --help)");
-    const char* value = argv[++i];
+  engine::cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
     if (flag == "--capacity") {
-      options.capacity = parse_count("--capacity", value, 0);  // msrnn explains 0
+      options.capacity = engine::cli::parse_int(flag, value, 0);  // msrnn explains 0
     } else if (flag == "--tokens") {
-      options.tokens = parse_count("--tokens", value, 1);
+      options.tokens = engine::cli::parse_int(flag, value, 1);
     } else if (flag == "--policy") {
       options.policies.clear();
-      std::string_view list = value;
-      while (!list.empty()) {
-        const std::size_t comma = list.find(',');
-        try {
-          options.policies.push_back(msrnn::parse_policy_kind(list.substr(0, comma)));
-        } catch (const std::invalid_argument& e) {
-          fail(e.what());
-        }
-        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+      for (const std::string& name : engine::cli::parse_list(flag, value)) {
+        options.policies.push_back(engine::cli::parse_policy(name));
       }
     } else {
-      fail("unknown flag '" + std::string(flag) + "' (see --help)");
+      return false;
     }
-  }
+    return true;
+  });
   return options;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   const Options options = parse(argc, argv);
   const Index dim = 512, n_heads = 8, n_kv_heads = 2, head_dim = 64, vocab = 64;
 
@@ -162,7 +135,7 @@ int main(int argc, char** argv) {
     try {
       caches.push_back(std::make_unique<msrnn::AnyCache>(config, msrnn::make_policy(policy)));
     } catch (const std::invalid_argument& e) {
-      fail(e.what());
+      engine::cli::fail(e.what());
     }
   }
 
@@ -213,4 +186,8 @@ int main(int argc, char** argv) {
                 static_cast<double>(options.tokens) / seconds, kept.c_str());
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return engine::cli::guarded_main([&] { return run(argc, argv); });
 }

@@ -15,16 +15,13 @@
 #include <system_error>
 #include <vector>
 
+#include "files.hpp"
 #include "msrnn/types.hpp"
+#include "xorshift.hpp"
 
 namespace engine {
 
 using msrnn::Index;
-
-/// A file that cannot be used; what() is "<file>: <what is wrong>".
-struct FileError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 /// The 7 int32 of a llama2.c legacy header, resolved.
 struct LlamaConfig {
@@ -61,18 +58,6 @@ struct LlamaWeights {
 
   const float* at(std::size_t offset) const { return data.data() + offset; }
 };
-
-/// Throws FileError("<path>: ...") unless path names a readable regular file.
-inline void require_regular_file(const std::string& path, const char* what) {
-  std::error_code error;
-  const auto status = std::filesystem::status(path, error);
-  if (error || !std::filesystem::exists(status)) {
-    throw FileError(path + ": cannot open the " + what + " file (it does not exist)");
-  }
-  if (!std::filesystem::is_regular_file(status)) {
-    throw FileError(path + ": is not a regular file (a " + what + " file is expected)");
-  }
-}
 
 namespace detail {
 
@@ -223,12 +208,9 @@ inline LlamaWeights random_weights(const LlamaConfig& config, std::uint64_t seed
   }
   if (config.shared_classifier) w.classifier = w.embedding;
   w.data.resize(static_cast<std::size_t>(floats));
-  std::uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (float& x : w.data) {  // xorshift64*, top 24 bits -> uniform in [-0.0346, 0.0346)
-    state ^= state >> 12;
-    state ^= state << 25;
-    state ^= state >> 27;
-    const auto bits = static_cast<std::uint32_t>((state * 0x2545F4914F6CDD1Dull) >> 40);
+  XorShift64Star rng(seed * 0x9E3779B97F4A7C15ull + 1);
+  for (float& x : w.data) {  // the top 24 bits -> uniform in [-0.0346, 0.0346)
+    const auto bits = static_cast<std::uint32_t>(rng.next() >> 40);
     x = (static_cast<float>(bits) / 16777216.0f - 0.5f) * 0.0693f;
   }
   const Index dim = config.dim;

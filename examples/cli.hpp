@@ -1,4 +1,5 @@
-// What the command-line tools share: errors, flag parsing, finding the model, cache flags.
+// What the engine's tools share beyond flags.hpp: finding and loading the model, the cache flags,
+// building the model with a bounded cache.
 #pragma once
 
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include <variant>
 #include <vector>
 
+#include "flags.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -27,72 +29,6 @@
 #endif
 
 namespace engine::cli {
-
-/// What `fail` throws: `guarded_main` prints it as "error: <message>" and returns status 2.
-/// (An exception, not exit(): unwinding removes the temporary files of unfinished outputs.)
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-/// Ends the tool with "error: <message>" and status 2 (through `guarded_main`).
-[[noreturn]] inline void fail(const std::string& message) { throw Failure(message); }
-
-/// Prints "warning: <message>" on stderr; the run goes on.
-inline void warn(const std::string& message) {
-  std::fprintf(stderr, "warning: %s\n", message.c_str());
-}
-
-/// Flushes stdout and fails ("error: stdout: ...") if anything written to it was lost: a full
-/// disk, /dev/full, a closed pipe. Tools call it after their last output and whenever they
-/// flush.
-inline void check_stdout() {
-  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-    const int error = errno;
-    std::clearerr(stdout);
-    fail(std::string("stdout: cannot write the output (") + std::strerror(error) + ")");
-  }
-}
-
-/// A whole number in [least, most]; anything else (12abc, -3, empty) is an error naming the flag.
-inline long long parse_int(std::string_view flag, const std::string& text, long long least,
-                           long long most = 1LL << 40) {
-  char* end = nullptr;
-  errno = 0;
-  const long long value = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || value < least ||
-      value > most) {
-    fail(std::string(flag) + ": '" + text + "' is not a whole number in [" + std::to_string(least) +
-         ", " + std::to_string(most) + "]");
-  }
-  return value;
-}
-
-inline double parse_real(std::string_view flag, const std::string& text, double least,
-                         double most) {
-  char* end = nullptr;
-  errno = 0;
-  const double value = std::strtod(text.c_str(), &end);
-  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !(value >= least) ||
-      !(value <= most)) {
-    fail(std::string(flag) + ": '" + text + "' is not a number in [" + std::to_string(least) +
-         ", " + std::to_string(most) + "]");
-  }
-  return value;
-}
-
-inline msrnn::PolicyKind parse_policy(const std::string& name) {
-  try {
-    return msrnn::parse_policy_kind(name);
-  } catch (const std::invalid_argument&) {
-    fail("--policy: unknown policy '" + name + "' (expected full, window, sink, h2o or tova)");
-  }
-}
-
-inline msrnn::PositionMode parse_positions(const std::string& text) {
-  if (text == "absolute") return msrnn::PositionMode::absolute;
-  if (text == "in_cache") return msrnn::PositionMode::in_cache;
-  fail("--positions: '" + text + "' is not absolute or in_cache");
-}
 
 /// The file `name` from $MSRNN_MODEL_DIR, then ../shared/models beside the repository, then
 /// models/ in the repository; an error that says where to put it when none has it.
@@ -147,30 +83,6 @@ struct ModelFiles {
   LlamaWeights weights;
   Tokenizer tokenizer;
 };
-
-/// Walks "--flag value" and "--flag=value" pairs: --help prints `usage` and exits 0; a flag
-/// without a value, or one that `take(flag, value)` does not know (returns false), is an error.
-template <class Take>
-void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
-  for (int i = 1; i < argc; ++i) {
-    std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(usage, stdout);
-      check_stdout();
-      std::exit(0);
-    }
-    std::string value;
-    const std::size_t equals = flag.find('=');
-    if (flag.rfind("--", 0) == 0 && equals != std::string_view::npos) {
-      value = std::string(flag.substr(equals + 1));
-      flag = flag.substr(0, equals);
-    } else {
-      if (i + 1 >= argc) fail(std::string(flag) + " needs a value (see --help)");
-      value = argv[++i];
-    }
-    if (!take(flag, value)) fail("unknown flag '" + std::string(flag) + "' (see --help)");
-  }
-}
 
 /// The flags both tools take: --model, --tokenizer, and for the cache --sinks, --recent,
 /// --positions.
@@ -298,40 +210,6 @@ inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings
   } catch (const std::bad_alloc&) {
     fail(name + ": not enough memory for a KV state of capacity " + std::to_string(requested));
   }
-}
-
-/// Runs a tool's main, turning `fail` and any exception that escapes into one line
-/// "error: ..." on stderr and status 2. A body that returns 0 has its stdout checked first.
-template <class F>
-int guarded_main(F&& body) {
-  auto report = [](const char* message) {
-    std::fprintf(stderr, "error: %s\n", message);
-    return 2;
-  };
-  try {
-    const int status = body();
-    if (status == 0) check_stdout();
-    return status;
-  } catch (const std::bad_alloc&) {
-    return report("out of memory");
-  } catch (const std::exception& e) {
-    return report(e.what());
-  }
-}
-
-/// Items of a comma-separated flag value: none empty, duplicates dropped.
-inline std::vector<std::string> parse_list(std::string_view flag, const std::string& text) {
-  std::vector<std::string> items;
-  std::string item;
-  std::stringstream in(text + ",");
-  std::size_t count = 0;
-  while (std::getline(in, item, ',')) {
-    if (item.empty()) fail(std::string(flag) + ": empty item in '" + text + "'");
-    if (std::find(items.begin(), items.end(), item) == items.end()) items.push_back(item);
-    ++count;
-  }
-  if (count == 0) fail(std::string(flag) + ": empty list");
-  return items;
 }
 
 }  // namespace engine::cli

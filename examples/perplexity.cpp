@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "csv.hpp"
 #include "gnuplot.hpp"
 #include "output_file.hpp"
 
@@ -232,14 +233,9 @@ Row evaluate(LlamaModel& model, const Run& run, const std::vector<int>& stream, 
 }
 
 void write_csv(const std::string& path, const std::vector<Row>& rows) {
-  AtomicOutput out(path);
-  std::fprintf(out.file(), "policy,capacity,tokens,nll,ppl\n");
-  for (const Row& r : rows) {
-    std::fprintf(out.file(), "%s,%lld,%lld,%.10g,%.10g\n", r.policy.c_str(),
-                 static_cast<long long>(r.capacity), static_cast<long long>(r.tokens), r.nll,
-                 r.ppl);
-  }
-  out.commit();
+  CsvWriter csv(path, {"policy", "capacity", "tokens", "nll", "ppl"});
+  for (const Row& r : rows) csv.row(r.policy, r.capacity, r.tokens, r.nll, r.ppl);
+  csv.commit();
 }
 
 // ppl against capacity (log x), one line per bounded policy, full as a horizontal line.

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "xorshift.hpp"
+
 namespace engine {
 
 class Sampler {
@@ -15,7 +17,7 @@ class Sampler {
   /// temperature 0 is greedy; topp in (0, 1) samples from the smallest set of tokens whose
   /// probabilities add up to topp.
   Sampler(float temperature, float topp, std::uint64_t seed)
-      : temperature_(temperature), topp_(topp), state_(seed == 0 ? 1 : seed) {}
+      : temperature_(temperature), topp_(topp), rng_(seed == 0 ? 1 : seed) {}
 
   int sample(const msrnn::RowVector& logits) {
     msrnn::Index best = 0;
@@ -65,18 +67,11 @@ class Sampler {
   }
 
  private:
-  // xorshift*, as run.c
-  float random_float() {
-    state_ ^= state_ >> 12;
-    state_ ^= state_ << 25;
-    state_ ^= state_ >> 27;
-    const auto bits = static_cast<std::uint32_t>((state_ * 0x2545F4914F6CDD1Dull) >> 32);
-    return static_cast<float>(bits >> 8) / 16777216.0f;
-  }
+  float random_float() { return rng_.next_float(); }
 
   float temperature_;
   float topp_;
-  std::uint64_t state_;
+  XorShift64Star rng_;
   msrnn::RowVector probs_;                    // (vocab)
   std::vector<std::pair<float, int>> order_;  // candidates for top-p
 };
