@@ -24,6 +24,7 @@
 #include <msrnn/msrnn.hpp>
 #include <random>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "csv.hpp"
@@ -165,6 +166,12 @@ void register_step(const Shape& s, Index capacity, Index threads) {
       ->Unit(benchmark::kMicrosecond);
 }
 
+// One step benchmark per policy of the library (every alternative of AnyPolicy).
+template <class... Policy>
+void register_steps(const Shape& s, Index capacity, Index threads, std::variant<Policy...>*) {
+  (register_step<Policy>(s, capacity, threads), ...);
+}
+
 void register_all() {
   // Side by side: for each shape, capacity and thread count, the baseline and then the policies.
   for (const Shape& s : kShapes) {
@@ -176,11 +183,7 @@ void register_all() {
         benchmark::RegisterBenchmark(name.c_str(), read_benchmark, s, capacity, threads)
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
-        register_step<msrnn::Full>(s, capacity, threads);
-        register_step<msrnn::Window>(s, capacity, threads);
-        register_step<msrnn::WindowPlusI>(s, capacity, threads);
-        register_step<msrnn::H2O>(s, capacity, threads);
-        register_step<msrnn::TOVA>(s, capacity, threads);
+        register_steps(s, capacity, threads, static_cast<msrnn::AnyPolicy*>(nullptr));
       }
     }
   }

@@ -3,7 +3,7 @@
 // and the memory table: KV bytes per sequence at each capacity against Full at 4k tokens.
 //
 //   bench_decoder [--positions 1024,4096,16384] [--capacity 512] [--tokens 16] [--csv FILE]
-//                 [--budget-gib 8] [--threads 1] [--policy full,window,sink,h2o,tova]
+//                 [--budget-gib 8] [--threads 1] [--policy full,window,tova]
 //
 // Reaching position P by decoding P tokens would take ~45 ms a token here (the 440 MB of weights
 // are read once per token), about 12 minutes per policy for 16k. So the state at position P is
@@ -35,7 +35,7 @@ Per-token time of the example engine at growing positions, per policy, on a rand
 stories110M's shape (dim 768, hidden 2048, 12 layers, 12 heads, vocab 32000; seed 110).
   --positions LIST   positions to measure at (default 1024,4096,16384)
   --capacity N       multi-state size of the bounded policies (default 512)
-  --policy LIST      policies (default full,window,sink,h2o,tova)
+  --policy LIST      comma-separated: {policies} (default all)
   --tokens N         decode steps timed at each position (default 16; the median is reported)
   --threads N        threads sharing a layer's KV heads in the cache (default 1)
   --budget-gib X     memory budget of the table of sequences that fit (default 8)
@@ -120,9 +120,7 @@ void print_memory_table(const LlamaConfig& c, Index capacity, double budget_gib)
 
 int run(int argc, char** argv) {
   std::vector<Index> positions = {1024, 4096, 16384};
-  std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
-                                             msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
-                                             msrnn::PolicyKind::tova};
+  std::vector<std::string> policies = cli::all_policies();
   Index capacity = 512, tokens = 16, threads = 1;
   double budget_gib = 8.0;
   std::string csv;
@@ -163,12 +161,12 @@ int run(int argc, char** argv) {
 
   std::vector<Row> rows;
   std::mt19937 rng(7);
-  for (msrnn::PolicyKind kind : policies) {
-    const bool full = kind == msrnn::PolicyKind::full;
+  for (const std::string& policy : policies) {
+    const bool full = !msrnn::policy_evicts(policy);
     if (!full && capacity < 2) cli::fail("--capacity: the bounded policies need at least 2");
     for (Index position : positions) {
       CacheSettings settings;
-      settings.policy.kind = kind;
+      settings.policy.name = policy;
       settings.threads = threads;
       // Full reserves exactly what it will hold; a bounded policy holds C.
       settings.capacity = full ? position + tokens + 1 : capacity;
@@ -184,7 +182,7 @@ int run(int argc, char** argv) {
           cli::fail("non-finite logits at position " + std::to_string(position));
         ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
       }
-      Row row{msrnn::policy_name(kind), full ? position : capacity, position, bench::median(ms),
+      Row row{policy, full ? position : capacity, position, bench::median(ms),
               static_cast<double>(model.cache().state_bytes())};
       std::printf("%-8s %9lld %9lld %14.2f %14.0f\n", row.policy.c_str(),
                   static_cast<long long>(row.capacity), static_cast<long long>(position),
@@ -197,8 +195,7 @@ int run(int argc, char** argv) {
   // Growth: per-token time at the longest position over the shortest, per policy.
   std::printf("\nper-token time at %lld over %lld:\n", static_cast<long long>(positions.back()),
               static_cast<long long>(positions.front()));
-  for (msrnn::PolicyKind kind : policies) {
-    const std::string name = msrnn::policy_name(kind);
+  for (const std::string& name : policies) {
     double first = 0, last = 0;
     for (const Row& r : rows) {
       if (r.policy != name) continue;

@@ -69,14 +69,12 @@ int run(int argc, char** argv) {
   });
   if (model_path.empty()) model_path = cli::find_model_file("stories260K.bin", "--model");
   const LlamaWeights weights = cli::load_weights(model_path);
-  const std::vector<msrnn::PolicyKind> kinds = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
-                                                msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
-                                                msrnn::PolicyKind::tova};
+  const std::vector<std::string> kinds = cli::all_policies();
   std::vector<LlamaModel> models;
-  for (msrnn::PolicyKind kind : kinds) {
+  for (const std::string& kind : kinds) {
     CacheSettings settings;
-    settings.policy.kind = kind;
-    settings.capacity = kind == msrnn::PolicyKind::full ? -1 : capacity;  // -1: the context
+    settings.policy.name = kind;
+    settings.capacity = !msrnn::policy_evicts(kind) ? -1 : capacity;  // -1: the context
     models.push_back(cli::make_model(weights, settings, tokens));
   }
   std::vector<std::vector<double>> rates(kinds.size());
@@ -93,7 +91,7 @@ int run(int argc, char** argv) {
     const std::vector<double>& r = rates[i];
     const Index c = models[i].cache().capacity();
     const std::string shown = c == msrnn::kUnbounded ? "-" : std::to_string(c);
-    std::printf("%-8s %9s %10.0f %10.0f %10.0f\n", msrnn::policy_name(kinds[i]), shown.c_str(),
+    std::printf("%-8s %9s %10.0f %10.0f %10.0f\n", kinds[i].c_str(), shown.c_str(),
                 bench::median(r), *std::min_element(r.begin(), r.end()),
                 *std::max_element(r.begin(), r.end()));
   }

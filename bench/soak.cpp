@@ -20,7 +20,7 @@ namespace {
 using namespace engine;
 
 const char* const kUsage = R"(usage: bench_soak --policy NAME [options]
-  --policy NAME      window, sink, h2o or tova (full cannot run past its context)
+  --policy NAME      a bounded policy of {policy_list} (full cannot run past its context)
   --capacity N       multi-state size (default 256)
   --tokens N         tokens to generate (default 1000000)
   --positions MODE   absolute or in_cache (default in_cache: StreamingLLM-style positions)
@@ -37,7 +37,7 @@ long peak_rss_kb() {
 }
 
 int run(int argc, char** argv) {
-  msrnn::PolicyKind policy = msrnn::PolicyKind::full;
+  std::string policy = msrnn::Full::kName;
   long long capacity = 256, tokens = 1000000;
   cli::CommonFlags common;
   common.positions = msrnn::PositionMode::in_cache;  // streaming far past the trained context
@@ -54,14 +54,13 @@ int run(int argc, char** argv) {
     }
     return true;
   });
-  if (policy == msrnn::PolicyKind::full) cli::fail("--policy: a soak needs a bounded policy");
+  if (!msrnn::policy_evicts(policy)) cli::fail("--policy: a soak needs a bounded policy");
   const cli::ModelFiles files = common.load_model_files();
   LlamaModel model = cli::make_model(files.weights, common.settings(policy, capacity), capacity);
   Sampler sampler(1.0f, 0.9f, 1234);
 
-  std::printf("policy %s, capacity %lld, model %s, kv state %zu bytes\n",
-              msrnn::policy_name(policy), capacity, files.model_path.c_str(),
-              model.cache().state_bytes());
+  std::printf("policy %s, capacity %lld, model %s, kv state %zu bytes\n", policy.c_str(), capacity,
+              files.model_path.c_str(), model.cache().state_bytes());
   std::printf("%10s %12s %12s %10s\n", "tokens", "tokens/s", "peak RSS kB", "non-finite");
   int token = kBos;
   long long non_finite = 0;

@@ -4,7 +4,7 @@
 // It prints, per policy, how close the bounded layer's outputs stay to the unbounded (Full) ones
 // (mean cosine similarity over the stream), the state it keeps, and its speed.
 //
-//   msrnn-attention-layer [--capacity 64] [--tokens 2000] [--policy full,window,sink,h2o,tova]
+//   msrnn-attention-layer [--capacity 64] [--tokens 2000] [--policy full,window,tova]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -63,36 +63,36 @@ void attention_forward(const AttentionWeights& w, msrnn::AnyCache& cache, Index 
 struct Options {
   Index capacity = 64;
   Index tokens = 2000;
-  std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
-                                             msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
-                                             msrnn::PolicyKind::tova};
+  std::vector<std::string> policies = engine::cli::all_policies();
 };
 
-const char* const kUsage = R"(usage: msrnn-attention-layer [--capacity N] [--tokens N] [--policy LIST]
+const char* const kUsage =
+    R"(usage: msrnn-attention-layer [--capacity N] [--tokens N] [--policy LIST]
   Runs one random Llama-style attention layer (8 heads, 2 KV heads, head_dim 64) over
   a synthetic stream and compares each policy's outputs with Full.
   --capacity N   multi-state size C of the bounded policies (default 64)
   --tokens N     length of the stream (default 2000)
-  --policy LIST  comma-separated: full,window,sink,h2o,tova (default all)
+  --policy LIST  comma-separated: {policies} (default all)
 )";
 
 Options parse(int argc, char** argv) {
   Options options;
-  engine::cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
-    if (flag == "--capacity") {
-      options.capacity = engine::cli::parse_int(flag, value, 0);  // msrnn explains 0
-    } else if (flag == "--tokens") {
-      options.tokens = engine::cli::parse_int(flag, value, 1);
-    } else if (flag == "--policy") {
-      options.policies.clear();
-      for (const std::string& name : engine::cli::parse_list(flag, value)) {
-        options.policies.push_back(engine::cli::parse_policy(name));
-      }
-    } else {
-      return false;
-    }
-    return true;
-  });
+  engine::cli::parse_flags(
+      argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
+        if (flag == "--capacity") {
+          options.capacity = engine::cli::parse_int(flag, value, 0);  // msrnn explains 0
+        } else if (flag == "--tokens") {
+          options.tokens = engine::cli::parse_int(flag, value, 1);
+        } else if (flag == "--policy") {
+          options.policies.clear();
+          for (const std::string& name : engine::cli::parse_list(flag, value)) {
+            options.policies.push_back(engine::cli::parse_policy(name));
+          }
+        } else {
+          return false;
+        }
+        return true;
+      });
   return options;
 }
 
@@ -129,9 +129,9 @@ int run(int argc, char** argv) {
 
   // Every cache first, so that a bad option is reported before any work is done.
   std::vector<std::unique_ptr<msrnn::AnyCache>> caches;
-  for (msrnn::PolicyKind kind : options.policies) {
+  for (const std::string& name : options.policies) {
     msrnn::PolicyOptions policy;
-    policy.kind = kind;
+    policy.name = name;
     try {
       caches.push_back(std::make_unique<msrnn::AnyCache>(config, msrnn::make_policy(policy)));
     } catch (const std::invalid_argument& e) {
@@ -160,7 +160,7 @@ int run(int argc, char** argv) {
   std::printf("%-7s %9s %12s %14s %10s  %s\n", "policy", "capacity", "state bytes", "cos vs full",
               "tokens/s", "kept positions (first 6)");
   for (std::size_t i = 0; i < caches.size(); ++i) {
-    const msrnn::PolicyKind kind = options.policies[i];
+    const std::string& name = options.policies[i];
     msrnn::AnyCache* cache = caches[i].get();
     AttentionScratch s{RowVector(n_heads * head_dim), RowVector(n_kv_heads * head_dim),
                        RowVector(n_kv_heads * head_dim), RowVector(n_heads * head_dim)};
@@ -180,8 +180,8 @@ int run(int argc, char** argv) {
     }
     if (positions.size() > 6) kept += "...";
     const std::string capacity =
-        kind == msrnn::PolicyKind::full ? "-" : std::to_string(options.capacity);
-    std::printf("%-7s %9s %12zu %14.4f %10.0f  %s\n", msrnn::policy_name(kind), capacity.c_str(),
+        !msrnn::policy_evicts(name) ? "-" : std::to_string(options.capacity);
+    std::printf("%-7s %9s %12zu %14.4f %10.0f  %s\n", name.c_str(), capacity.c_str(),
                 cache->state_bytes(), cosine / static_cast<double>(options.tokens),
                 static_cast<double>(options.tokens) / seconds, kept.c_str());
   }

@@ -89,8 +89,8 @@ struct ModelFiles {
 struct CommonFlags {
   std::string model_path;      // empty: stories260K.bin, found by find_model_file
   std::string tokenizer_path;  // empty: tok512.bin, likewise
-  Index sinks = msrnn::WindowPlusI{}.sinks;
-  Index recent = msrnn::H2O::kHalfCapacity;
+  Index sinks = msrnn::PolicyOptions{}.sinks;
+  Index recent = msrnn::PolicyOptions{}.recent;
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
   bool sinks_given = false;
   bool recent_given = false;
@@ -130,29 +130,35 @@ struct CommonFlags {
     return {model_path, std::move(weights), std::move(tokenizer)};
   }
 
-  /// Warns about cache flags that none of `policies` uses: --sinks without sink, --recent without
-  /// h2o, and (when `capacity_given`) --capacity with full alone, which keeps every state.
-  void warn_unused(const std::vector<msrnn::PolicyKind>& policies, bool capacity_given) const {
-    auto uses = [&](msrnn::PolicyKind kind) {
-      return std::find(policies.begin(), policies.end(), kind) != policies.end();
+  /// Warns about cache flags that none of `policies` uses (each policy's kOptions says what it
+  /// reads): --sinks, --recent, and (when `capacity_given`) --capacity with only policies that
+  /// never evict.
+  void warn_unused(const std::vector<std::string>& policies, bool capacity_given) const {
+    auto warn_option = [&](bool given, const char* flag, const char* option) {
+      if (!given) return;
+      std::string users;
+      for (std::string_view name : msrnn::kPolicyNames) {
+        if (msrnn::policy_uses(name, option))
+          users += (users.empty() ? "" : ", ") + std::string(name);
+      }
+      for (const std::string& name : policies) {
+        if (msrnn::policy_uses(name, option)) return;
+      }
+      warn(std::string(flag) + " is only used by " + users + "; ignored");
     };
-    if (sinks_given && !uses(msrnn::PolicyKind::sink)) {
-      warn("--sinks is only used by the sink policy; ignored");
-    }
-    if (recent_given && !uses(msrnn::PolicyKind::h2o)) {
-      warn("--recent is only used by the h2o policy; ignored");
-    }
-    const bool only_full =
-        std::all_of(policies.begin(), policies.end(),
-                    [](msrnn::PolicyKind kind) { return kind == msrnn::PolicyKind::full; });
-    if (capacity_given && only_full) {
-      warn("--capacity is ignored by the full policy, which keeps every state");
+    warn_option(sinks_given, "--sinks", "sinks");
+    warn_option(recent_given, "--recent", "recent");
+    const bool none_evicts =
+        std::none_of(policies.begin(), policies.end(),
+                     [](const std::string& name) { return msrnn::policy_evicts(name); });
+    if (capacity_given && none_evicts) {
+      warn("--capacity is ignored by full, which keeps every state");
     }
   }
 
-  CacheSettings settings(msrnn::PolicyKind kind, Index capacity) const {
+  CacheSettings settings(const std::string& policy, Index capacity) const {
     CacheSettings s;
-    s.policy.kind = kind;
+    s.policy.name = policy;
     s.policy.sinks = sinks;
     s.policy.recent = recent;
     s.capacity = capacity;
@@ -161,10 +167,6 @@ struct CommonFlags {
   }
 };
 
-/// Builds the model for sequences of at most `max_tokens` tokens, turning a bad cache option
-/// into "error: ...". The options are checked against the requested capacity C, but the cache
-/// holds at most max_tokens states: with C at least the sequence length nothing is ever evicted,
-/// so the results are exactly those of C, without allocating states that can never arrive.
 /// The machine's memory in bytes (0 if unknown).
 inline double physical_memory_bytes() {
   const long pages = ::sysconf(_SC_PHYS_PAGES);
@@ -172,9 +174,13 @@ inline double physical_memory_bytes() {
   return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
 }
 
+/// Builds the model for sequences of at most `max_tokens` tokens, turning a bad cache option
+/// into "error: ...". The options are checked against the requested capacity C, but the cache
+/// holds at most max_tokens states: with C at least the sequence length nothing is ever evicted,
+/// so the results are exactly those of C, without allocating states that can never arrive.
 inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings,
                              Index max_tokens) {
-  const std::string name = msrnn::policy_name(settings.policy.kind);
+  const std::string name = settings.policy.name;
   const Index requested = settings.capacity >= 0 ? settings.capacity : weights.config.seq_len;
   // What the states of the run can fill, checked before anything is allocated: keys and values
   // (4 bytes each) of C + 1 slots per layer and KV head (the cache's state_bytes()), plus its

@@ -22,8 +22,7 @@ namespace engine {
 /// have 10 significant digits.
 class CsvWriter {
  public:
-  CsvWriter(const std::string& path, std::initializer_list<std::string_view> columns)
-      : out_(path) {
+  CsvWriter(const std::string& path, std::initializer_list<std::string_view> columns) : out_(path) {
     std::string line;
     for (std::string_view column : columns) {
       if (!line.empty()) line += ',';

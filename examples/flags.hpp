@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace engine::cli {
@@ -69,12 +70,19 @@ inline double parse_real(std::string_view flag, const std::string& text, double 
   return value;
 }
 
-inline msrnn::PolicyKind parse_policy(const std::string& name) {
+/// A policy's name, checked: one of msrnn::kPolicyNames.
+inline std::string parse_policy(const std::string& name) {
   try {
-    return msrnn::parse_policy_kind(name);
+    msrnn::require_policy_name(name);
   } catch (const std::invalid_argument&) {
-    fail("--policy: unknown policy '" + name + "' (expected full, window, sink, h2o or tova)");
+    fail("--policy: unknown policy '" + name + "' (expected " + msrnn::policy_list() + ")");
   }
+  return name;
+}
+
+/// Every policy's name (the tools' default list).
+inline std::vector<std::string> all_policies() {
+  return {msrnn::kPolicyNames.begin(), msrnn::kPolicyNames.end()};
 }
 
 inline msrnn::PositionMode parse_positions(const std::string& text) {
@@ -83,14 +91,33 @@ inline msrnn::PositionMode parse_positions(const std::string& text) {
   fail("--positions: '" + text + "' is not absolute or in_cache");
 }
 
-/// Walks "--flag value" and "--flag=value" pairs: --help prints `usage` and exits 0; a flag
-/// without a value, or one that `take(flag, value)` does not know (returns false), is an error.
+/// `usage` with "{policies}" replaced by every policy's name, comma-separated, and
+/// "{policy_list}" by the same as a phrase ("full, window, ... or tova_sink"): the tools' help
+/// never lists the policies by hand.
+inline std::string usage_text(std::string usage) {
+  std::string names;
+  for (std::string_view name : msrnn::kPolicyNames) {
+    names += (names.empty() ? "" : ",") + std::string(name);
+  }
+  for (const auto& [key, value] :
+       {std::pair<std::string, std::string>{"{policies}", names}, {"{policy_list}", msrnn::policy_list()}}) {
+    for (std::size_t at = usage.find(key); at != std::string::npos; at = usage.find(key, at)) {
+      usage.replace(at, key.size(), value);
+      at += value.size();
+    }
+  }
+  return usage;
+}
+
+/// Walks "--flag value" and "--flag=value" pairs: --help prints `usage` (usage_text) and exits 0;
+/// a flag without a value, or one that `take(flag, value)` does not know (returns false), is an
+/// error.
 template <class Take>
 void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
   for (int i = 1; i < argc; ++i) {
     std::string_view flag = argv[i];
     if (flag == "--help" || flag == "-h") {
-      std::fputs(usage, stdout);
+      std::fputs(usage_text(usage).c_str(), stdout);
       check_stdout();
       std::exit(0);
     }

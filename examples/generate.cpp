@@ -27,7 +27,7 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
   --temperature T       0 is greedy (default 1.0)
   --topp P              top-p sampling in (0, 1) (default 0.9)
   --seed N              random seed (default: the time)
-  --policy NAME         full, window, sink, h2o or tova (default full)
+  --policy NAME         {policy_list} (default full)
   --capacity N          multi-state size C (default: the model's seq_len)
   --sinks N             sink's protected first positions (default 4)
   --recent N            h2o's protected newest states (default C/2)
@@ -42,7 +42,7 @@ int run(int argc, char** argv) {
   std::string prompt;
   long long steps = 256, seed = 0, capacity = -1;  // -1: the model's seq_len
   double temperature = 1.0, topp = 0.9;
-  msrnn::PolicyKind policy = msrnn::PolicyKind::full;
+  std::string policy = msrnn::Full::kName;
   bool capacity_given = false;
   cli::CommonFlags common;
   cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
@@ -70,7 +70,7 @@ int run(int argc, char** argv) {
   const cli::ModelFiles files = common.load_model_files();
   const LlamaWeights& weights = files.weights;
   const Tokenizer& tokenizer = files.tokenizer;
-  if (policy == msrnn::PolicyKind::full && steps > weights.config.seq_len) {
+  if (!msrnn::policy_evicts(policy) && steps > weights.config.seq_len) {
     std::fprintf(stderr,
                  "note: --steps %lld is past the model's seq_len %lld; full stops there "
                  "(a bounded --policy keeps going)\n",
@@ -110,8 +110,8 @@ int run(int argc, char** argv) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "achieved tok/s: %.1f (%lld tokens, policy %s",
-               static_cast<double>(generated) / seconds, generated, msrnn::policy_name(policy));
-  if (policy != msrnn::PolicyKind::full) {
+               static_cast<double>(generated) / seconds, generated, policy.c_str());
+  if (msrnn::policy_evicts(policy)) {
     std::fprintf(stderr, ", capacity %lld",
                  capacity >= 0 ? capacity : static_cast<long long>(weights.config.seq_len));
   }

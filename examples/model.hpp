@@ -16,7 +16,7 @@ using msrnn::RowVector;
 
 /// How the model's KV cache is bounded.
 struct CacheSettings {
-  msrnn::PolicyOptions policy;  // kind, sinks, recent, ...
+  msrnn::PolicyOptions policy;  // name, sinks, recent, ...
   Index capacity = -1;          // C; -1 means the model's seq_len
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
   Index threads = 1;  // threads that share the KV heads of a layer (CacheConfig::threads)

@@ -1,6 +1,6 @@
 // msrnn-perplexity: perplexity of a llama2.c checkpoint on a text, per policy and multi-state size.
 //
-//   msrnn-perplexity --text story.txt --policy full,window,sink,h2o,tova --capacity 16,32,64
+//   msrnn-perplexity --text story.txt --policy full,window,tova --capacity 16,32,64
 //
 // The definition (so numbers compare across tools) is in perplexity.hpp and the README.
 #include "perplexity.hpp"
@@ -36,7 +36,7 @@ Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each
   --text FILE        the text (required)
   --chunk N          tokens per chunk, BOS included (default the model's seq_len)
   --chunks N         evaluate the first N chunks only (default all)
-  --policy LIST      comma-separated: full,window,sink,h2o,tova (default all)
+  --policy LIST      comma-separated: {policies} (default all)
   --capacity LIST    comma-separated multi-state sizes; every bounded policy runs at every
                      capacity, full once (default 16,32,64,128,256)
   --sinks N          sink's protected first positions (default 4)
@@ -61,9 +61,7 @@ struct Options {
   cli::CommonFlags common;
   std::string text_path, csv_path, plot_path;
   long long chunk = 0, chunks = 0;
-  std::vector<msrnn::PolicyKind> policies = {msrnn::PolicyKind::full, msrnn::PolicyKind::window,
-                                             msrnn::PolicyKind::sink, msrnn::PolicyKind::h2o,
-                                             msrnn::PolicyKind::tova};
+  std::vector<std::string> policies = cli::all_policies();
   std::vector<Index> capacities = {16, 32, 64, 128, 256};
   bool capacity_given = false;
 };
@@ -181,19 +179,19 @@ Index chunk_length(const Options& o, const LlamaConfig& config) {
 }
 
 struct Run {
-  msrnn::PolicyKind kind;
+  std::string policy;
   Index capacity;
 };
 
 // Every bounded policy at every capacity, full once (at the chunk length).
 std::vector<Run> plan_runs(const Options& o, Index chunk_len) {
   std::vector<Run> runs;
-  for (msrnn::PolicyKind kind : o.policies) {
-    if (kind == msrnn::PolicyKind::full) {
-      runs.push_back({kind, chunk_len});
+  for (const std::string& policy : o.policies) {
+    if (!msrnn::policy_evicts(policy)) {
+      runs.push_back({policy, chunk_len});
       continue;
     }
-    for (Index c : o.capacities) runs.push_back({kind, c});
+    for (Index c : o.capacities) runs.push_back({policy, c});
   }
   return runs;
 }
@@ -203,7 +201,7 @@ void show_progress(std::size_t run, std::size_t runs, const Run& r, Index done, 
   const int width = 30;
   const int bar = static_cast<int>(width * done / total);
   std::fprintf(stderr, "\r[%zu/%zu] %-5s C=%-6lld [%s%s] %lld/%lld chunks, %.0f tokens/s ", run,
-               runs, msrnn::policy_name(r.kind), static_cast<long long>(r.capacity),
+               runs, r.policy.c_str(), static_cast<long long>(r.capacity),
                std::string(static_cast<std::size_t>(bar), '#').c_str(),
                std::string(static_cast<std::size_t>(width - bar), '.').c_str(),
                static_cast<long long>(done), static_cast<long long>(total), tokens_per_s);
@@ -229,7 +227,7 @@ Row evaluate(LlamaModel& model, const Run& run, const std::vector<int>& stream, 
   }
   if (progress) std::fprintf(stderr, "\r\033[K");
   const double mean = nll / static_cast<double>(count);
-  return {msrnn::policy_name(run.kind), run.capacity, count, mean, std::exp(mean)};
+  return {run.policy, run.capacity, count, mean, std::exp(mean)};
 }
 
 void write_csv(const std::string& path, const std::vector<Row>& rows) {
@@ -292,14 +290,14 @@ int run(int argc, char** argv) {
   const std::vector<Run> runs = plan_runs(o, chunk_len);
   // Every model first, so that a bad option fails before any work.
   for (const Run& r : runs) {
-    cli::make_model(weights, o.common.settings(r.kind, r.capacity), max_tokens);
+    cli::make_model(weights, o.common.settings(r.policy, r.capacity), max_tokens);
   }
 
   std::vector<Row> rows;
   std::printf("%-8s %9s %9s %10s %10s\n", "policy", "capacity", "tokens", "nll/token", "ppl");
   for (std::size_t r = 0; r < runs.size(); ++r) {
     LlamaModel model =
-        cli::make_model(weights, o.common.settings(runs[r].kind, runs[r].capacity), max_tokens);
+        cli::make_model(weights, o.common.settings(runs[r].policy, runs[r].capacity), max_tokens);
     rows.push_back(evaluate(model, runs[r], stream, chunk_len, n_chunks, r, runs.size()));
     std::printf("%-8s %9lld %9lld %10.4f %10.3f\n", rows.back().policy.c_str(),
                 static_cast<long long>(rows.back().capacity),

@@ -7,6 +7,7 @@
 #include <memory>
 #include <msrnn/msrnn.hpp>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
@@ -34,7 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   config.max_chunk = 1 + in.next() % 6;
   const std::uint8_t rope = in.next() % 3;
   msrnn::PolicyOptions options;
-  options.kind = static_cast<msrnn::PolicyKind>(in.next() % 5);
+  options.name = std::string(msrnn::kPolicyNames[in.next() % msrnn::kPolicyNames.size()]);
   options.sinks = in.next() % 6;
   options.recent = static_cast<Index>(in.next() % 7) - 1;
   options.normalize = in.next() % 2 == 1;
@@ -52,7 +53,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   const Index nq = config.n_q_heads * config.head_dim;
   const Index nkv = config.n_kv_heads * config.head_dim;
-  const bool bounded = options.kind != msrnn::PolicyKind::full;
+  const bool bounded = msrnn::policy_evicts(options.name);
   Index seen = 0;
   while (!in.empty() && seen < 200) {
     const Index t = 1 + in.next() % 5;

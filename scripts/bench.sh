@@ -28,9 +28,10 @@ if [ "$smoke" = 1 ]; then
   # Every program runs end to end and writes its CSV; the figures mean nothing.
   "$build/bench/bench_attention" --benchmark_filter='/C:256/' --benchmark_min_time=0.001 \
     --csv "$results/attention_smoke.csv"
-  test "$(wc -l < "$results/attention_smoke.csv")" -eq 21  # header + 2 shapes x 5 x 2 threads
+  policies=$("$build/examples/msrnn-perplexity" --help | sed -n 's/.*comma-separated: \([a-z0-9_,]*\).*/\1/p' | tr ',' '\n' | wc -l)
+  test "$(wc -l < "$results/attention_smoke.csv")" -eq $((1 + 2 * policies * 2))  # 2 shapes, 2 thread counts
   "$build/bench/bench_decoder" --positions 64,128 --tokens 2 --csv "$results/decoder_smoke.csv"
-  test "$(wc -l < "$results/decoder_smoke.csv")" -eq 11    # header + 5 policies x 2 positions
+  test "$(wc -l < "$results/decoder_smoke.csv")" -eq $((1 + policies * 2))  # 2 positions
   "$build/bench/bench_engine" --repeats 1 --rounds 1
   "$build/bench/bench_soak" --policy tova --capacity 64 --tokens 20000
   "$root/bench/quality_sweep" --chunks 1 --out "$results/quality_smoke" \

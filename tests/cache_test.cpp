@@ -184,17 +184,16 @@ TEST(MultiStateCache, AppendRejectsPositionsAndSeenPastTheLimit) {
 // The last position below the limit is accepted and the steps after it count on without
 // overflowing (ASan + UBSan build: no report), whatever the policy and position mode.
 TEST(MultiStateCache, APositionJustBelowTheLimitIsAcceptedAndSteppedPast) {
-  for (PolicyKind kind : {PolicyKind::full, PolicyKind::window, PolicyKind::sink, PolicyKind::h2o,
-                          PolicyKind::tova}) {
+  for (std::string_view kind : kPolicyNames) {
     for (int mode = 0; mode < 3; ++mode) {  // host positions, absolute, in_cache
       for (bool normalize : {false, true}) {
-        SCOPED_TRACE(std::string(policy_name(kind)) + " mode " + std::to_string(mode) +
+        SCOPED_TRACE(std::string(kind) + " mode " + std::to_string(mode) +
                      " normalize " + std::to_string(normalize));
         CacheConfig config = small_config(4, 2, 8, 3);
         if (mode > 0) config.rope = Rope(8);
         if (mode == 2) config.positions = PositionMode::in_cache;
         PolicyOptions options;
-        options.kind = kind;
+        options.name = std::string(kind);
         options.sinks = 1;
         options.normalize = normalize;
         AnyCache cache(config, make_policy(options));
@@ -450,8 +449,7 @@ static_assert(std::is_nothrow_move_constructible_v<MultiStateCache<TOVA>>);
 static_assert(!std::is_copy_constructible_v<AnyCache>);  // copies are explicit: copy()
 
 TEST(MultiStateCache, StepNeverThrowsWithValidArguments) {
-  for (PolicyKind kind : {PolicyKind::full, PolicyKind::window, PolicyKind::sink, PolicyKind::h2o,
-                          PolicyKind::tova}) {
+  for (std::string_view kind : kPolicyNames) {
     for (PositionMode mode : {PositionMode::absolute, PositionMode::in_cache}) {
       CacheConfig config = small_config(6, 3, 4, 5, 2);
       config.rope = Rope(4);

@@ -4,6 +4,8 @@
 
 #include <limits>
 #include <string>
+#include <string_view>
+#include <variant>
 #include <vector>
 
 #include "msrnn/cache.hpp"
@@ -17,7 +19,7 @@ using testing::random_matrix;
 using testing::small_config;
 
 static_assert(is_policy_v<Full> && is_policy_v<Window> && is_policy_v<WindowPlusI> &&
-              is_policy_v<H2O> && is_policy_v<TOVA>);
+              is_policy_v<H2O> && is_policy_v<TOVA> && is_policy_v<TovaSinks>);
 static_assert(!is_policy_v<int> && !is_policy_v<CacheConfig>);
 
 // A policy that says it needs probabilities but cannot observe them is not a policy.
@@ -30,35 +32,61 @@ static_assert(!is_policy_v<Blind>);
 static_assert(EvictionPolicy<TOVA> && !EvictionPolicy<Blind>);
 #endif
 
-TEST(Policy, NamesRoundTrip) {
-  for (PolicyKind kind : {PolicyKind::full, PolicyKind::window, PolicyKind::sink, PolicyKind::h2o,
-                          PolicyKind::tova}) {
-    EXPECT_EQ(parse_policy_kind(policy_name(kind)), kind);
-    PolicyOptions options;
-    options.kind = kind;
-    EXPECT_EQ(policy_kind(make_policy(options)), kind);
+// The names, the list and parsing come from AnyPolicy's alternatives, one name each.
+TEST(Policy, NamesAreDerivedFromTheAlternatives) {
+  ASSERT_EQ(kPolicyNames.size(), std::variant_size_v<AnyPolicy>);
+  EXPECT_EQ(std::vector<std::string_view>(kPolicyNames.begin(), kPolicyNames.end()),
+            (std::vector<std::string_view>{"full", "window", "sink", "h2o", "tova", "tova_sink"}));
+  EXPECT_EQ(policy_list(), "full, window, sink, h2o, tova or tova_sink");
+  for (std::size_t i = 0; i < kPolicyNames.size(); ++i) {
+    const AnyPolicy policy = make_policy(testing::named(kPolicyNames[i]));
+    EXPECT_EQ(policy.index(), i) << kPolicyNames[i];
+    EXPECT_EQ(policy_name(policy), kPolicyNames[i]);
+    for (std::size_t j = 0; j < i; ++j) EXPECT_NE(kPolicyNames[i], kPolicyNames[j]);
   }
-  EXPECT_EQ(parse_policy_kind("window_plus_i"), PolicyKind::sink);
+  EXPECT_FALSE(policy_evicts("full"));
+  for (std::string_view name : kPolicyNames) EXPECT_EQ(policy_evicts(name), name != "full");
 }
 
-TEST(Policy, UnknownNameThrowsNamingIt) {
-  const std::string message = invalid_argument_message([] { parse_policy_kind("lru"); });
-  EXPECT_NE(message.find("policy = lru"), std::string::npos) << message;
-  EXPECT_NE(message.find("full, window, sink, h2o or tova"), std::string::npos);
+TEST(Policy, UnknownNameThrowsNamingItAndEveryPolicy) {
+  for (const char* name : {"lru", "window_plus_i", "", "TOVA"}) {
+    const std::string message =
+        invalid_argument_message([&] { make_policy(testing::named(name)); });
+    EXPECT_NE(message.find(std::string("policy = ") + name + ":"), std::string::npos) << message;
+    EXPECT_NE(message.find("expected full, window, sink, h2o, tova or tova_sink"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(invalid_argument_message([&] { policy_uses(name, "sinks"); }), "");
+  }
+}
+
+// Each policy says which options it reads; the tools warn about the others.
+TEST(Policy, EachPolicyListsTheOptionsItReads) {
+  EXPECT_TRUE(policy_uses("sink", "sinks"));
+  EXPECT_TRUE(policy_uses("tova_sink", "sinks"));
+  EXPECT_TRUE(policy_uses("tova_sink", "granularity"));
+  EXPECT_TRUE(policy_uses("h2o", "recent"));
+  EXPECT_TRUE(policy_uses("h2o", "normalize"));
+  EXPECT_TRUE(policy_uses("tova", "granularity"));
+  EXPECT_FALSE(policy_uses("tova", "sinks"));
+  EXPECT_FALSE(policy_uses("h2o", "sinks"));
+  EXPECT_FALSE(policy_uses("window", "recent"));
+  EXPECT_FALSE(policy_uses("full", "sinks"));
+  EXPECT_FALSE(policy_uses("sink", "sink"));  // whole names only
 }
 
 TEST(Policy, MakePolicyCarriesTheOptions) {
   PolicyOptions options;
-  options.kind = PolicyKind::sink;
+  options.name = "sink";
   options.sinks = 7;
   EXPECT_EQ(std::get<WindowPlusI>(make_policy(options)).sinks, 7);
-  options.kind = PolicyKind::h2o;
+  options.name = "h2o";
   options.recent = 3;
   options.normalize = true;
   const H2O h2o = std::get<H2O>(make_policy(options));
   EXPECT_EQ(h2o.recent, 3);
   EXPECT_TRUE(h2o.normalize);
-  options.kind = PolicyKind::tova;
+  options.name = "tova";
   options.granularity = TovaGranularity::head;
   EXPECT_TRUE(std::get<TOVA>(make_policy(options)).per_head());
 }
@@ -135,7 +163,7 @@ TEST(TOVA, RejectsAGranularityThatIsNeitherLayerNorHead) {
   message = invalid_argument_message([&] { AnyCache cache(small_config(2, 2, 4, 4), TOVA{bad}); });
   EXPECT_NE(message.find("granularity = 7"), std::string::npos) << message;
   PolicyOptions options;
-  options.kind = PolicyKind::tova;
+  options.name = "tova";
   options.granularity = bad;
   message = invalid_argument_message(
       [&] { AnyCache cache(small_config(2, 2, 4, 4), make_policy(options)); });

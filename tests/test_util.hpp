@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <string_view>
 
 #include "msrnn/cache.hpp"
 
@@ -29,11 +30,16 @@ inline CacheConfig small_config(Index n_q_heads, Index n_kv_heads, Index head_di
   return config;
 }
 
-// A cache of `config` with the default options of policy `kind`.
-inline AnyCache any_cache(const CacheConfig& config, PolicyKind kind) {
+// The default options of the policy `name`.
+inline PolicyOptions named(std::string_view name) {
   PolicyOptions options;
-  options.kind = kind;
-  return AnyCache(config, make_policy(options));
+  options.name = std::string(name);
+  return options;
+}
+
+// A cache of `config` with the default options of the policy `name`.
+inline AnyCache any_cache(const CacheConfig& config, std::string_view name) {
+  return AnyCache(config, make_policy(named(name)));
 }
 
 // The message of the std::invalid_argument that `f` throws, or "" if it throws none.

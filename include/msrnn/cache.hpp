@@ -82,7 +82,7 @@ struct CacheConfig {
 ///   cache.step(layer, q, k, v, out);  // q (8, 64), k v (4, 64), out (8, 64)
 ///   cache.step(layer, q, k, v, out);  // or a token a row: q (1, 512), k v (1, 256), out (1, 512)
 ///
-/// `Policy` is one of the policies (see `Window` for their interface) or `AnyPolicy`, chosen at
+/// `Policy` is one of the policies (policy.hpp lists their interface) or `AnyPolicy`, chosen at
 /// run time; the cache dispatches on it once per call, never per slot. Thread safety: distinct
 /// caches may be used from distinct threads; one cache, by one thread at a time.
 ///
@@ -93,7 +93,7 @@ struct CacheConfig {
 template <class Policy = AnyPolicy>
 class MultiStateCache {
   static_assert(std::is_same_v<Policy, AnyPolicy> || is_policy_v<Policy>,
-                "Policy must be AnyPolicy or have the members documented on msrnn::Window");
+                "Policy must be AnyPolicy or have the members listed in msrnn/policy.hpp");
 
  public:
   /// Checks the configuration and allocates all storage. Throws std::invalid_argument naming the

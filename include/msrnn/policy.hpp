@@ -1,6 +1,9 @@
-// The policy contract (C++17 trait, C++20 concept) and the policy chosen at run time.
+// The policy contract (C++17 trait, C++20 concept), every policy, and choosing one at run time:
+// names, the list of all policies and parsing are derived from AnyPolicy's alternatives.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -11,11 +14,61 @@
 #include "msrnn/policies/full.hpp"
 #include "msrnn/policies/h2o.hpp"
 #include "msrnn/policies/tova.hpp"
+#include "msrnn/policies/tova_sinks.hpp"
 #include "msrnn/policies/window.hpp"
 #include "msrnn/policies/window_plus_i.hpp"
+#include "msrnn/policy_options.hpp"
 #include "msrnn/types.hpp"
 
 namespace msrnn {
+
+/// Every policy, chosen at run time. The cache dispatches on it once per step, not per slot.
+///
+/// Adding a policy: write its header in policies/ (the members below, a doc comment with its
+/// paper, parameters, invariants and cost), add it here; its name, options, parsing and place
+/// in every tool follow from its members.
+using AnyPolicy = std::variant<Full, Window, WindowPlusI, H2O, TOVA, TovaSinks>;
+
+// The interface every policy has (checked by `is_policy_v` and the C++20 concept
+// `EvictionPolicy`):
+//   kName                 the policy's one name: the command-line tools', messages', CSV files'
+//                         and `PolicyOptions::name`; unique among AnyPolicy's alternatives
+//   kOptions              the PolicyOptions fields it reads, comma-separated ("sinks", "recent,
+//                         normalize", "" for none): `policy_uses` and the tools' warnings
+//   from_options(options) static: the policy with the options of `options` (make_policy)
+//   kEvicts               false only for `Full`: a policy that never evicts
+//   kNeedsProbabilities   the cache passes the attention probabilities to `observe` (and keeps
+//                         scores) only for policies that need them
+//   prepare(capacity)     checks the options against the capacity C and resolves defaults; throws
+//                         std::invalid_argument naming the option
+//   per_head()            true: every KV head chooses its own victim; false: one victim per layer,
+//                         the same slot in every KV head
+//   observe(kv_head, probs, n_queries, scores)    only when kNeedsProbabilities: after the new
+//                         queries attended, updates the scores of KV head `kv_head`'s slots;
+//                         probs (n_queries * group, live) holds, token-major, the probabilities
+//                         of the query heads of that KV head; scores (live) lives with the slots
+//                         and is reset to 0 when a slot receives a new token
+//   protects(position, newest)   the state at `position` may not be evicted now; with C + 1
+//                         states held, at least one must be unprotected (else the oldest goes)
+//   priority(score, position, newest)   the victim is the unprotected state with the lowest
+//                         priority, ties to the oldest position; for a per-layer policy `score`
+//                         is the sum of the per-KV-head scores. A priority that is not finite
+//                         (NaN, +inf, -inf) ranks below every finite one, ties among them to the
+//                         oldest (see detail::select_victim)
+// Non-finite keys and values: a NaN key (or an inf one whose product with a query is NaN or
+// +inf; a -inf product only gives it probability 0) makes the attention probabilities of that
+// query NaN for every state of the KV head (the softmax sums them), so the outputs are NaN while
+// it is kept, and so are the scores of the states kept beside it (H2O accumulates them, TOVA sees
+// them at each such step). By the rule above those states go first, oldest first: under H2O and
+// TOVA the poisoned state leaves once the states older than it have, at most C steps after it
+// came, and the kept set moves on. A non-finite value leaves the probabilities, and so every
+// choice, unchanged; only the outputs of its head are non-finite while it is kept. Protection
+// still comes first: a poisoned sink (WindowPlusI) stays for the whole sequence, and with it the
+// non-finite outputs of its head, until `reset`; Full never evicts anything.
+//
+// A policy never touches key/value storage: it only scores and protects. `observe`, `protects`
+// and `priority` are const and must stay safe to call at the same time from several threads: with
+// CacheConfig::threads > 1 the cache calls them for different KV heads in parallel.
 
 namespace detail {
 
@@ -24,7 +77,9 @@ struct has_policy_members : std::false_type {};
 
 template <class P>
 struct has_policy_members<
-    P, std::void_t<decltype(P::kName), decltype(P::kEvicts), decltype(P::kNeedsProbabilities),
+    P, std::void_t<decltype(P::kName), decltype(P::kOptions), decltype(P::kEvicts),
+                   decltype(P::kNeedsProbabilities),
+                   decltype(P::from_options(std::declval<const PolicyOptions&>())),
                    decltype(std::declval<P&>().prepare(Index{})),
                    decltype(bool{std::declval<const P&>().per_head()}),
                    decltype(bool{std::declval<const P&>().protects(Index{}, Index{})}),
@@ -46,82 +101,100 @@ template <class P>
 struct is_policy_impl<P, true>
     : std::bool_constant<!P::kNeedsProbabilities || has_observe<P>::value> {};
 
+template <std::size_t... I>
+constexpr std::array<std::string_view, sizeof...(I)> policy_names(std::index_sequence<I...>) {
+  return {std::string_view(std::variant_alternative_t<I, AnyPolicy>::kName)...};
+}
+
+// Calls f(P{}) with the alternative of AnyPolicy named `name`; false if none is.
+template <class F, std::size_t I = 0>
+bool with_policy_named(std::string_view name, F&& f) {
+  if constexpr (I < std::variant_size_v<AnyPolicy>) {
+    using P = std::variant_alternative_t<I, AnyPolicy>;
+    if (name == P::kName) {
+      f(static_cast<const P*>(nullptr));
+      return true;
+    }
+    return with_policy_named<F, I + 1>(name, std::forward<F>(f));
+  } else {
+    return false;
+  }
+}
+
 }  // namespace detail
 
-/// True when P has the members of a policy (documented on `Window`).
+/// True when P has the members of a policy (listed above).
 template <class P>
 inline constexpr bool is_policy_v = detail::is_policy_impl<P>::value;
 
 #if defined(__cpp_concepts) && __cpp_concepts >= 201907L
-/// A KV eviction policy: what it protects plus how it scores the rest (see `Window`).
+/// A KV eviction policy: what it protects plus how it scores the rest (see the list above).
 template <class P>
 concept EvictionPolicy = is_policy_v<P>;
 #endif
 
-/// Every policy, chosen at run time. The cache dispatches on it once per step, not per slot.
-using AnyPolicy = std::variant<Full, Window, WindowPlusI, H2O, TOVA>;
+/// The names of every policy, in the order of AnyPolicy: full, window, sink, h2o, tova, ...
+inline constexpr auto kPolicyNames =
+    detail::policy_names(std::make_index_sequence<std::variant_size_v<AnyPolicy>>{});
 
-/// The policies by name, in the order of `AnyPolicy`.
-enum class PolicyKind { full, window, sink, h2o, tova };
-
-/// Options of every policy, for choosing one at run time (`make_policy`).
-struct PolicyOptions {
-  PolicyKind kind = PolicyKind::full;
-  Index sinks = WindowPlusI{}.sinks;                     // WindowPlusI
-  Index recent = H2O::kHalfCapacity;                     // H2O
-  bool normalize = false;                                // H2O
-  TovaGranularity granularity = TovaGranularity::layer;  // TOVA
-};
-
-/// The policy's name as the command-line tools spell it: full, window, sink, h2o, tova.
-inline const char* policy_name(PolicyKind kind) noexcept {
-  switch (kind) {
-    case PolicyKind::full:
-      return Full::kName;
-    case PolicyKind::window:
-      return Window::kName;
-    case PolicyKind::sink:
-      return WindowPlusI::kName;
-    case PolicyKind::h2o:
-      return H2O::kName;
-    case PolicyKind::tova:
-      return TOVA::kName;
+/// Every policy's name in one phrase: "full, window, sink, h2o, tova or tova_sink".
+inline std::string policy_list() {
+  std::string list;
+  for (std::size_t i = 0; i < kPolicyNames.size(); ++i) {
+    if (i > 0) list += i + 1 == kPolicyNames.size() ? " or " : ", ";
+    list += kPolicyNames[i];
   }
-  return "?";
+  return list;
 }
 
-/// Parses a policy name (full, window, sink, h2o, tova; also window_plus_i). Throws
-/// std::invalid_argument naming the text and the accepted names.
-inline PolicyKind parse_policy_kind(std::string_view name) {
-  if (name == "window_plus_i") return PolicyKind::sink;
-  for (PolicyKind kind : {PolicyKind::full, PolicyKind::window, PolicyKind::sink, PolicyKind::h2o,
-                          PolicyKind::tova}) {
-    if (name == policy_name(kind)) return kind;
-  }
-  detail::throw_invalid("policy", std::string(name),
-                        "unknown policy (expected full, window, sink, h2o or tova)");
+/// The name of the policy `policy` holds.
+inline const char* policy_name(const AnyPolicy& policy) noexcept {
+  return std::visit([](const auto& p) { return std::decay_t<decltype(p)>::kName; }, policy);
 }
 
-/// Builds the policy that `options` describes.
+/// Throws std::invalid_argument naming `name` and every policy unless it names one.
+inline void require_policy_name(std::string_view name) {
+  if (!detail::with_policy_named(name, [](const auto*) {})) {
+    detail::throw_invalid("policy", std::string(name),
+                          "unknown policy (expected " + policy_list() + ")");
+  }
+}
+
+/// True when the policy `name` evicts (every policy but Full). Throws as require_policy_name.
+inline bool policy_evicts(std::string_view name) {
+  bool evicts = false;
+  require_policy_name(name);
+  detail::with_policy_named(
+      name, [&](const auto* p) { evicts = std::remove_pointer_t<decltype(p)>::kEvicts; });
+  return evicts;
+}
+
+/// True when the policy `name` reads the PolicyOptions field `option` ("sinks", "recent",
+/// "normalize", "granularity"): it is in its kOptions. Throws as require_policy_name.
+inline bool policy_uses(std::string_view name, std::string_view option) {
+  bool uses = false;
+  require_policy_name(name);
+  detail::with_policy_named(name, [&](const auto* p) {
+    std::string_view list = std::remove_pointer_t<decltype(p)>::kOptions;
+    while (!list.empty()) {
+      const std::size_t comma = list.find(',');
+      if (list.substr(0, comma) == option) uses = true;
+      list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    }
+  });
+  return uses;
+}
+
+/// The policy `options.name` names, with its options (its from_options). Throws
+/// std::invalid_argument naming the name and every accepted one when it names none; the options
+/// themselves are checked against the capacity by the cache (`prepare`).
 inline AnyPolicy make_policy(const PolicyOptions& options) {
-  switch (options.kind) {
-    case PolicyKind::full:
-      return Full{};
-    case PolicyKind::window:
-      return Window{};
-    case PolicyKind::sink:
-      return WindowPlusI{options.sinks};
-    case PolicyKind::h2o:
-      return H2O{options.recent, options.normalize};
-    case PolicyKind::tova:
-      return TOVA{options.granularity};
-  }
-  detail::throw_invalid("kind", static_cast<int>(options.kind), "not a PolicyKind");
-}
-
-/// The kind of the policy held by `policy`.
-inline PolicyKind policy_kind(const AnyPolicy& policy) noexcept {
-  return static_cast<PolicyKind>(policy.index());
+  AnyPolicy policy;
+  require_policy_name(options.name);
+  detail::with_policy_named(options.name, [&](const auto* p) {
+    policy = std::remove_pointer_t<decltype(p)>::from_options(options);
+  });
+  return policy;
 }
 
 }  // namespace msrnn

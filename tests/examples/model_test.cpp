@@ -22,10 +22,10 @@ using testing::shared_path;
 const std::string kModel = shared_path("models/stories260K.bin");
 const std::string kTokenizer = shared_path("models/tok512.bin");
 
-CacheSettings settings(msrnn::PolicyKind kind, Index capacity,
+CacheSettings settings(const std::string& kind, Index capacity,
                        msrnn::PositionMode positions = msrnn::PositionMode::absolute) {
   CacheSettings s;
-  s.policy.kind = kind;
+  s.policy.name = std::string(kind);
   s.policy.sinks = 2;
   s.capacity = capacity;
   s.positions = positions;
@@ -39,10 +39,10 @@ TEST(LlamaModel, FullCacheLogitsEqualANaiveForwardWithoutCache) {
   const Tokenizer tokenizer(kTokenizer, weights.config.vocab_size);
   const std::vector<int> tokens = tokenizer.encode("Once upon a time, a little dog", true);
   ASSERT_GT(tokens.size(), 6u);
-  LlamaModel model(weights, settings(msrnn::PolicyKind::full, -1));
+  LlamaModel model(weights, settings("full", -1));
   const NaiveLlama naive(weights);
   // Token by token (the decode path) and all at once (the prompt path).
-  LlamaModel chunked(weights, settings(msrnn::PolicyKind::full, -1));
+  LlamaModel chunked(weights, settings("full", -1));
   const RowMatrix all = chunked.forward_chunk(tokens);
   for (std::size_t t = 0; t < tokens.size(); ++t) {
     const RowVector logits = model.forward(tokens[t]);
@@ -62,7 +62,7 @@ TEST(LlamaModel, GreedyDecodingFromBosGivesTheDocumentedSample) {
   REQUIRE_SHARED_FILE(kTokenizer);
   const LlamaWeights weights = load_checkpoint(kModel);
   const Tokenizer tokenizer(kTokenizer, weights.config.vocab_size);
-  LlamaModel model(weights, settings(msrnn::PolicyKind::full, -1));
+  LlamaModel model(weights, settings("full", -1));
   std::string text;
   int token = kBos;
   for (int step = 0; step < 60; ++step) {
@@ -96,10 +96,9 @@ TEST(LlamaModel, PerTokenLossesOfEveryPolicyEqualTheMaskSimulatedReference) {
   const Index capacity = 8;
   for (msrnn::PositionMode positions :
        {msrnn::PositionMode::absolute, msrnn::PositionMode::in_cache}) {
-    for (msrnn::PolicyKind kind :
-         {msrnn::PolicyKind::full, msrnn::PolicyKind::window, msrnn::PolicyKind::sink,
-          msrnn::PolicyKind::h2o, msrnn::PolicyKind::tova}) {
-      SCOPED_TRACE(std::string(msrnn::policy_name(kind)) + " " + msrnn::to_string(positions));
+    for (std::string_view name : msrnn::kPolicyNames) {
+      const std::string kind(name);
+      SCOPED_TRACE(kind + " " + msrnn::to_string(positions));
       const CacheSettings s = settings(kind, capacity, positions);
       LlamaModel model(weights, s);
       const std::vector<double> got = token_losses(model, tokens);  // prompt path

@@ -25,8 +25,7 @@ class MaskedReference {
         group_(config.n_q_heads / config.n_kv_heads),
         options_(options),
         layers_(static_cast<std::size_t>(config.n_layers)) {
-    capacity_ =
-        options.kind == PolicyKind::full ? std::numeric_limits<Index>::max() : config.capacity;
+    capacity_ = options.name == "full" ? std::numeric_limits<Index>::max() : config.capacity;
     recent_ = options.recent < 0 ? config.capacity / 2 : options.recent;
     scale_ = config.scale ? double{*config.scale} : 1.0 / std::sqrt(static_cast<double>(d_));
     if (config.rope) {
@@ -146,16 +145,16 @@ class MaskedReference {
           group_sum += probs[static_cast<std::size_t>(g * group_ + r)][static_cast<std::size_t>(p)];
         }
         double& s = score[static_cast<std::size_t>(g)][static_cast<std::size_t>(p)];
-        if (options_.kind == PolicyKind::h2o) {
+        if (options_.name == "h2o") {
           double& acc = L.acc[static_cast<std::size_t>(g)][static_cast<std::size_t>(p)];
           acc += group_sum;
           s = options_.normalize ? acc / static_cast<double>(t - p + 1) : acc;
-        } else if (options_.kind == PolicyKind::tova) {
+        } else if (tova_like()) {
           s = group_sum / static_cast<double>(group_);  // mean over this KV head's query heads
         }
       }
     }
-    if (options_.kind == PolicyKind::tova && options_.granularity == TovaGranularity::layer) {
+    if (tova_like() && options_.granularity == TovaGranularity::layer) {
       // Mean over every query head of the layer, the same for every KV head.
       for (Index p = 0; p <= t; ++p) {
         double sum = 0.0;
@@ -188,15 +187,13 @@ class MaskedReference {
     }
   }
 
+  // TOVA's scores: the new query's attention (tova, and tova_sink with sinks protected).
+  bool tova_like() const { return options_.name == "tova" || options_.name == "tova_sink"; }
+
   bool is_protected(Index p, Index t) const {
-    switch (options_.kind) {
-      case PolicyKind::sink:
-        return p < options_.sinks;
-      case PolicyKind::h2o:
-        return p > t - recent_;
-      default:
-        return false;
-    }
+    if (options_.name == "sink" || options_.name == "tova_sink") return p < options_.sinks;
+    if (options_.name == "h2o") return p > t - recent_;
+    return false;
   }
 
   Index n_q_, n_kv_, d_, group_;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "msrnn/detail/check.hpp"
+#include "msrnn/policy_options.hpp"
 #include "msrnn/types.hpp"
 
 namespace msrnn {
@@ -17,20 +18,24 @@ namespace msrnn {
 /// With `normalize`, the score is divided by the number of steps the state has been visible
 /// (t - position + 1), which removes the bias towards old states.
 /// Invariant: the newest `recent` positions are always kept. Requires recent < C.
-/// Cost: O(group * C) per KV head and step to accumulate, O(C) to choose. See `Window` for the
-/// policy interface.
+/// Cost: O(group * C) per KV head and step to accumulate, O(C) to choose. See policy.hpp for
+/// the policy interface.
 struct H2O {
   static constexpr const char* kName = "h2o";
+  static constexpr const char* kOptions = "recent,normalize";
   static constexpr bool kEvicts = true;
   static constexpr bool kNeedsProbabilities = true;
   /// Value of `recent` that means "half the capacity".
-  static constexpr Index kHalfCapacity = -1;
+  static constexpr Index kHalfCapacity = msrnn::kHalfCapacity;
 
   /// Number of newest positions that are protected; kHalfCapacity resolves to C / 2.
   Index recent = kHalfCapacity;
   /// Divide the accumulated score by the number of steps the state has been visible.
   bool normalize = false;
 
+  static H2O from_options(const PolicyOptions& options) {
+    return {options.recent, options.normalize};
+  }
   void prepare(Index capacity) {
     detail::require(recent >= 0 || recent == kHalfCapacity, "recent", recent,
                     "must be >= 0 (or -1 for capacity / 2)");

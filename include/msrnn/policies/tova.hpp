@@ -2,12 +2,10 @@
 #pragma once
 
 #include "msrnn/detail/check.hpp"
+#include "msrnn/policy_options.hpp"
 #include "msrnn/types.hpp"
 
 namespace msrnn {
-
-/// Whether TOVA chooses one victim per layer (the paper) or one per KV head.
-enum class TovaGranularity { layer, head };
 
 /// TOVA: evicts the state to which the new query gives the least attention.
 ///
@@ -17,14 +15,16 @@ enum class TovaGranularity { layer, head };
 /// in every KV head. The new token itself may be the one evicted. With granularity `head`, each
 /// KV head chooses by the average over its own query heads. Scores depend only on the current
 /// query, so nothing accumulates. Cost: O(n_q_heads * C) per layer and step to average, O(C) to
-/// choose. Requires granularity to be layer or head. See `Window` for the policy interface.
+/// choose. Requires granularity to be layer or head. See policy.hpp for the policy interface.
 struct TOVA {
   static constexpr const char* kName = "tova";
+  static constexpr const char* kOptions = "granularity";
   static constexpr bool kEvicts = true;
   static constexpr bool kNeedsProbabilities = true;
 
   TovaGranularity granularity = TovaGranularity::layer;
 
+  static TOVA from_options(const PolicyOptions& options) { return {options.granularity}; }
   // A granularity cast from an integer that is neither value would otherwise pass for `layer`.
   void prepare(Index /*capacity*/) {
     detail::require(granularity == TovaGranularity::layer || granularity == TovaGranularity::head,

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "msrnn/detail/check.hpp"
+#include "msrnn/policy_options.hpp"
 #include "msrnn/types.hpp"
 
 namespace msrnn {
@@ -14,15 +15,17 @@ namespace msrnn {
 /// 2023). Invariant: positions 0..sinks-1 stay for the whole sequence, the rest of the cache is
 /// the most recent C - sinks positions. A sink whose key or value is NaN or inf stays too, and the
 /// outputs of its KV head stay non-finite until `reset`. Requires sinks < C. Cost: O(C) per layer
-/// and step; needs no attention probabilities. See `Window` for the policy interface.
+/// and step; needs no attention probabilities. See policy.hpp for the policy interface.
 struct WindowPlusI {
   static constexpr const char* kName = "sink";
+  static constexpr const char* kOptions = "sinks";
   static constexpr bool kEvicts = true;
   static constexpr bool kNeedsProbabilities = false;
 
   /// Number of leading positions that are never evicted (the paper's i).
   Index sinks = 4;
 
+  static WindowPlusI from_options(const PolicyOptions& options) { return {options.sinks}; }
   void prepare(Index capacity) {
     detail::require(sinks >= 0, "sinks", sinks, "must be >= 0");
     detail::require(sinks < capacity, "sinks", sinks,
