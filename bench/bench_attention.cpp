@@ -20,7 +20,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <msrnn/detail/fork_join.hpp>
+#include <msrnn/fork_join.hpp>
 #include <msrnn/msrnn.hpp>
 #include <random>
 #include <string>
@@ -53,9 +53,6 @@ std::map<std::string, Case>& cases() {
   return all;
 }
 
-double kv_bytes(const Shape& s, Index capacity) {
-  return 2.0 * static_cast<double>(s.n_kv * (capacity + 1) * s.d) * sizeof(float);
-}
 
 // Seeded normal floats (rows, cols), made once per size and shared by the benchmarks.
 const RowMatrix& random_matrix(Index rows, Index cols, unsigned seed) {
@@ -79,6 +76,10 @@ msrnn::CacheConfig layer_config(const Shape& s, Index capacity, Index threads) {
   config.rope = msrnn::Rope(s.d);
   config.threads = threads;
   return config;
+}
+
+double kv_bytes(const Shape& s, Index capacity) {  // one layer: C + 1 slots (the library's formula)
+  return static_cast<double>(msrnn::kv_state_bytes(layer_config(s, capacity, 1), capacity + 1));
 }
 
 // One decode step on a cache holding C states, timed alone (manual time), and in alternation
@@ -142,7 +143,7 @@ void read_benchmark(benchmark::State& state, Shape s, Index capacity, Index thre
   for (Index i = 0; i < 2 * s.n_kv; ++i) {
     buffers.push_back(data.row(0).replicate(capacity + 1, 1));
   }
-  msrnn::detail::ForkJoin workers(std::min(threads, s.n_kv));
+  msrnn::ForkJoin workers(std::min(threads, s.n_kv));
   std::vector<float> sums(static_cast<std::size_t>(s.n_kv));
   auto head_sum = [&](Index g, Index) noexcept {
     const auto G = static_cast<std::size_t>(g);

@@ -57,10 +57,10 @@ LlamaConfig stories110m_shape(Index seq_len) {
   return c;
 }
 
-// Bytes of keys and values a cache allocates for `slots` states per layer and KV head (float32).
+// Bytes of keys and values a cache of the model's shape allocates for `slots` states per layer and
+// KV head (the library's formula).
 double kv_bytes(const LlamaConfig& c, Index slots) {
-  return 2.0 * static_cast<double>(c.n_layers * c.n_kv_heads * slots * c.head_dim()) *
-         sizeof(float);
+  return static_cast<double>(msrnn::kv_state_bytes(cache_config(c, CacheSettings{}), slots));
 }
 
 // Restores `model`'s cache to the state after `position` tokens: its newest `kept` states.

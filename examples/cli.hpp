@@ -175,39 +175,29 @@ inline double physical_memory_bytes() {
 }
 
 /// Builds the model for sequences of at most `max_tokens` tokens, turning a bad cache option
-/// into "error: ...". The options are checked against the requested capacity C, but the cache
-/// holds at most max_tokens states: with C at least the sequence length nothing is ever evicted,
-/// so the results are exactly those of C, without allocating states that can never arrive.
+/// into "error: ...". The cache is bounded at the requested C and allocates only the states the
+/// run can hold (CacheConfig::max_tokens), which is checked against the machine's memory first.
 inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings,
                              Index max_tokens) {
   const std::string name = settings.policy.name;
-  const Index requested = settings.capacity >= 0 ? settings.capacity : weights.config.seq_len;
-  // What the states of the run can fill, checked before anything is allocated: keys and values
-  // (4 bytes each) of C + 1 slots per layer and KV head (the cache's state_bytes()), plus its
-  // bookkeeping (20 bytes per slot and KV head).
-  const LlamaConfig& c = weights.config;
-  const double slots = static_cast<double>(std::min(requested, max_tokens)) + 1.0;
-  const double kv_bytes = static_cast<double>(c.n_layers) * static_cast<double>(c.n_kv_heads) *
-                          slots * (2.0 * 4.0 * static_cast<double>(c.head_dim()) + 20.0);
+  settings.max_tokens = max_tokens;
+  const msrnn::CacheConfig config = cache_config(weights.config, settings);
+  const Index requested = config.capacity;
+  // Keys and values of min(C + 1, max_tokens) slots (the library's formula), plus 20 bytes of
+  // bookkeeping per slot and KV head.
+  const Index slots = std::min(requested == msrnn::kUnbounded ? requested : requested + 1, max_tokens);
+  const double kv_bytes =
+      static_cast<double>(msrnn::kv_state_bytes(config, 1)) * static_cast<double>(slots) +
+      20.0 * static_cast<double>(config.n_layers * config.n_kv_heads) * static_cast<double>(slots);
   const double memory = physical_memory_bytes();
   if (memory > 0 && kv_bytes > memory) {
     char what[160];
     std::snprintf(what, sizeof(what),
-                  ": a KV state of %.0f states needs %.1f GiB, more than this machine's %.1f GiB",
-                  slots - 1.0, kv_bytes / 1073741824.0, memory / 1073741824.0);
+                  ": a KV state of %lld states needs %.1f GiB, more than this machine's %.1f GiB",
+                  static_cast<long long>(slots), kv_bytes / 1073741824.0, memory / 1073741824.0);
     fail(name + what + " (lower --capacity or --steps)");
   }
   try {
-    if (requested > max_tokens) {
-      msrnn::AnyPolicy policy = msrnn::make_policy(settings.policy);
-      std::visit([&](auto& p) { p.prepare(requested); }, policy);  // throws on bad options
-      const Index recent = settings.policy.recent == msrnn::H2O::kHalfCapacity
-                               ? requested / 2
-                               : settings.policy.recent;
-      settings.capacity = max_tokens;
-      settings.policy.sinks = std::min(settings.policy.sinks, max_tokens - 1);
-      settings.policy.recent = std::min(recent, max_tokens - 1);
-    }
     return LlamaModel(weights, settings);
   } catch (const std::invalid_argument& e) {
     std::string what = e.what();

@@ -20,7 +20,24 @@ struct CacheSettings {
   Index capacity = -1;          // C; -1 means the model's seq_len
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
   Index threads = 1;  // threads that share the KV heads of a layer (CacheConfig::threads)
+  Index max_tokens = 0;  // tokens a sequence has at most, if known (CacheConfig::max_tokens)
 };
+
+/// The cache of a model of shape `c` bounded as `s` says (RoPE interleaved, theta 10000, as
+/// llama2.c).
+inline msrnn::CacheConfig cache_config(const LlamaConfig& c, const CacheSettings& s) {
+  msrnn::CacheConfig config;
+  config.n_layers = c.n_layers;
+  config.n_q_heads = c.n_heads;
+  config.n_kv_heads = c.n_kv_heads;
+  config.head_dim = c.head_dim();
+  config.capacity = s.capacity >= 0 ? s.capacity : c.seq_len;
+  config.rope = msrnn::Rope(c.head_dim(), 10000.0, msrnn::RopeLayout::interleaved);
+  config.positions = s.positions;
+  config.threads = s.threads;
+  if (s.max_tokens > 0) config.max_tokens = s.max_tokens;
+  return config;
+}
 
 /// A Llama model (RMSNorm, RoPE, grouped-query attention, SwiGLU) over the weights of a
 /// llama2.c checkpoint, for one sequence at a time. The weights must outlive the model.
@@ -56,19 +73,6 @@ class LlamaModel {
     const int* data;
     std::size_t size;
   };
-
-  static msrnn::CacheConfig cache_config(const LlamaConfig& c, const CacheSettings& s) {
-    msrnn::CacheConfig config;
-    config.n_layers = c.n_layers;
-    config.n_q_heads = c.n_heads;
-    config.n_kv_heads = c.n_kv_heads;
-    config.head_dim = c.head_dim();
-    config.capacity = s.capacity >= 0 ? s.capacity : c.seq_len;
-    config.rope = msrnn::Rope(c.head_dim(), 10000.0, msrnn::RopeLayout::interleaved);
-    config.positions = s.positions;
-    config.threads = s.threads;
-    return config;
-  }
 
   Eigen::Map<const RowMatrix> matrix(std::size_t offset, Index layer, Index rows,
                                      Index cols) const {

@@ -294,12 +294,12 @@ int run(int argc, char** argv) {
   }
 
   std::vector<Row> rows;
-  std::printf("%-8s %9s %9s %10s %10s\n", "policy", "capacity", "tokens", "nll/token", "ppl");
+  std::printf("%-9s %9s %9s %10s %10s\n", "policy", "capacity", "tokens", "nll/token", "ppl");
   for (std::size_t r = 0; r < runs.size(); ++r) {
     LlamaModel model =
         cli::make_model(weights, o.common.settings(runs[r].policy, runs[r].capacity), max_tokens);
     rows.push_back(evaluate(model, runs[r], stream, chunk_len, n_chunks, r, runs.size()));
-    std::printf("%-8s %9lld %9lld %10.4f %10.3f\n", rows.back().policy.c_str(),
+    std::printf("%-9s %9lld %9lld %10.4f %10.3f\n", rows.back().policy.c_str(),
                 static_cast<long long>(rows.back().capacity),
                 static_cast<long long>(rows.back().tokens), rows.back().nll, rows.back().ppl);
     cli::check_stdout();

@@ -119,7 +119,8 @@ class Tokenizer {
     }
     const auto wanted = static_cast<std::uint64_t>(vocab_size);
     std::uint64_t count = 0;
-    for (; at < size; ++count) {
+    // (`take` moves `at` on; a plain while, which clang's loop analysis cannot see into.)
+    while (at < size) {
       float score = 0.0f;
       std::int32_t length = 0;
       take(&score, 4, "a piece's score");
@@ -132,13 +133,14 @@ class Tokenizer {
       }
       if (count >= wanted) {
         take(nullptr, static_cast<std::uint64_t>(length), "a piece's bytes");
-        continue;
+      } else {
+        std::string piece(static_cast<std::size_t>(length), '\0');
+        take(piece.data(), static_cast<std::uint64_t>(length), "a piece's bytes");
+        ids_.emplace(piece, static_cast<int>(count));  // the first of equal pieces wins
+        pieces_.push_back(std::move(piece));
+        scores_.push_back(score);
       }
-      std::string piece(static_cast<std::size_t>(length), '\0');
-      take(piece.data(), static_cast<std::uint64_t>(length), "a piece's bytes");
-      ids_.emplace(piece, static_cast<int>(count));  // the first of equal pieces wins
-      pieces_.push_back(std::move(piece));
-      scores_.push_back(score);
+      ++count;
     }
     if (count != wanted) {
       fail("the tokenizer has " + std::to_string(count) +

@@ -59,7 +59,7 @@ RowMatrix run_alone(const std::string& kind, std::uint32_t seed, Index threads =
 // tasks (fewer than the threads too), again and again; copies get their own threads and a
 // moved-from pool still runs (on the caller).
 TEST(ForkJoin, RunsEveryTaskOnceInContiguousBlocks) {
-  detail::ForkJoin pool(4);
+  ForkJoin pool(4);
   for (int round = 0; round < 50; ++round) {
     for (Index n : {0, 1, 2, 3, 5, 9}) {
       std::vector<int> runs(static_cast<std::size_t>(n), 0);
@@ -78,10 +78,10 @@ TEST(ForkJoin, RunsEveryTaskOnceInContiguousBlocks) {
       }
     }
   }
-  detail::ForkJoin copy(pool);
+  ForkJoin copy(pool);
   EXPECT_EQ(copy.threads(), 4);
-  detail::ForkJoin moved(std::move(pool));
-  for (detail::ForkJoin* p : {&copy, &moved, &pool}) {
+  ForkJoin moved(std::move(pool));
+  for (ForkJoin* p : {&copy, &moved, &pool}) {
     std::vector<int> runs(7, 0);
     auto task = [&](Index i, Index) noexcept { ++runs[static_cast<std::size_t>(i)]; };
     p->run(7, task);

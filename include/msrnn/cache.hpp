@@ -14,7 +14,7 @@
 
 #include "msrnn/attention.hpp"
 #include "msrnn/detail/check.hpp"
-#include "msrnn/detail/fork_join.hpp"
+#include "msrnn/fork_join.hpp"
 #include "msrnn/detail/select_victim.hpp"
 #include "msrnn/policy.hpp"
 #include "msrnn/rope.hpp"
@@ -53,6 +53,12 @@ struct CacheConfig {
   PositionMode positions = PositionMode::absolute;
   /// Factor on q.k before the softmax; empty means 1 / sqrt(head_dim).
   std::optional<float> scale;
+  /// Tokens a sequence will have at most, when the host knows (a prompt plus a step limit): the
+  /// cache then allocates min(C + 1, max_tokens) slots instead of C + 1 (Full: max_tokens), with
+  /// the same results, since a bounded cache evicts nothing before it holds C + 1 states. The
+  /// policy's options are still checked against C (`recent` = C / 2 stays C / 2). A sequence that
+  /// goes past it is not an error: the cache grows then (allocating, up to C + 1 slots).
+  std::optional<Index> max_tokens;
   /// Most tokens `step_chunk` puts through one matrix product. Fewer go when their attention
   /// probabilities would pass 32 MiB of scratch (long contexts).
   Index max_chunk = 256;
@@ -62,6 +68,15 @@ struct CacheConfig {
   /// has its own scratch (attention probabilities; up to 32 MiB during a long `step_chunk`).
   Index threads = 1;
 };
+
+/// Bytes of key and value storage for `slots` slots per layer and KV head of `config`:
+/// n_layers * n_kv_heads * slots * head_dim * 2 * 4 (what `state_bytes()` reports; a bounded cache
+/// has C + 1 slots, or min(C + 1, max_tokens)). The one formula the tools and benchmarks use.
+inline std::size_t kv_state_bytes(const CacheConfig& config, Index slots) noexcept {
+  return static_cast<std::size_t>(config.n_layers) * static_cast<std::size_t>(config.n_kv_heads) *
+         static_cast<std::size_t>(slots) * static_cast<std::size_t>(config.head_dim) * 2 *
+         sizeof(float);
+}
 
 /// The KV cache of a decoder-only transformer as the multi-state of a bounded RNN
 /// (Oren et al., "Transformers are Multi-State RNNs", 2024).
@@ -145,23 +160,23 @@ class MultiStateCache {
         p.prepare(kUnbounded);
       }
     });
+    require(!config.max_tokens || *config.max_tokens >= 1, "max_tokens",
+            config.max_tokens.value_or(0), "must be at least 1");
     capacity_ = evicts ? config.capacity : kUnbounded;
     // A bounded cache holds C + 1 states between insert and evict; Full starts with a reservation.
-    const Index slots = evicts                          ? config.capacity + 1
-                        : config.capacity == kUnbounded ? kDefaultFullReservation
-                                                        : config.capacity;
-    const double bytes = 2.0 * static_cast<double>(config.n_layers) *
-                         static_cast<double>(config.n_kv_heads) * static_cast<double>(slots) *
-                         static_cast<double>(config.head_dim) * sizeof(float);
-    require(bytes < 0x1p62, "capacity", config.capacity,
-            "the key/value storage would need more than 2^62 bytes");
+    Index slots = evicts                          ? config.capacity + 1
+                  : config.capacity == kUnbounded ? kDefaultFullReservation
+                                                  : config.capacity;
+    if (config.max_tokens) slots = std::min(slots, *config.max_tokens);
+    require(static_cast<double>(kv_state_bytes(config, 1)) * static_cast<double>(slots) < 0x1p62,
+            "capacity", config.capacity, "the key/value storage would need more than 2^62 bytes");
 
     group_ = config.n_q_heads / config.n_kv_heads;
     layers_.reserve(static_cast<std::size_t>(config.n_layers));
     for (Index l = 0; l < config.n_layers; ++l) layers_.emplace_back(config.n_kv_heads);
     q_.setZero(config.n_q_heads, config.head_dim);
     // (throws std::system_error if a thread cannot start, after joining the started ones)
-    workers_ = detail::ForkJoin(std::min(config.threads, config.n_kv_heads));
+    workers_ = ForkJoin(std::min(config.threads, config.n_kv_heads));
     scratch_.resize(static_cast<std::size_t>(workers_.threads()));
     if (config.rope) {
       cos_.resize(static_cast<std::size_t>(config.head_dim / 2));
@@ -303,7 +318,7 @@ class MultiStateCache {
                     "must fit in the free capacity (" + std::to_string(capacity_ - table.held()) +
                         " of " + std::to_string(capacity_) + ")");
     }
-    if (capacity_ == kUnbounded) reserve(table.held() + t);
+    reserve(table.held() + t);
     for (Index i = 0; i < t; ++i) {
       const Index position =
           positions.empty() ? table.seen() : positions[static_cast<std::size_t>(i)];
@@ -346,11 +361,7 @@ class MultiStateCache {
   }
   /// Bytes of key and value storage: n_layers * n_kv_heads * slots * head_dim * 2 * 4 (allocated;
   /// resident as slots are used).
-  std::size_t state_bytes() const noexcept {
-    return static_cast<std::size_t>(config_.n_layers * config_.n_kv_heads * slots() *
-                                    config_.head_dim) *
-           2 * sizeof(float);
-  }
+  std::size_t state_bytes() const noexcept { return kv_state_bytes(config_, slots()); }
 
  private:
   static constexpr Index kDefaultFullReservation = 256;
@@ -557,8 +568,13 @@ class MultiStateCache {
   static Index padded(Index slots) noexcept { return (slots + 15) / 16 * 16; }
 
   // Full only: makes room for `needed` states, doubling the storage.
+  // Makes room for `needed` states, doubling the storage: Full as it grows, and a bounded cache
+  // whose sequence went past config.max_tokens (up to its C + 1 slots).
   void reserve(Index needed) {
-    if (needed > slots_) resize_slots(std::max(needed, 2 * slots_));
+    if (needed <= slots_) return;
+    Index slots = std::max(needed, 2 * slots_);
+    if (capacity_ != kUnbounded) slots = std::min(slots, capacity_ + 1);
+    resize_slots(slots);
   }
 
   // Writes one token's key and value (head_dim floats each) into row `slot` of KV head g, where
@@ -617,7 +633,7 @@ class MultiStateCache {
                 Eigen::Ref<RowMatrix> out) {
     Layer& layer = layers_[static_cast<std::size_t>(layer_index)];
     SlotTable& table = layer.table;
-    if constexpr (!P::kEvicts) reserve(table.held() + 1);
+    reserve(table.held() + 1);  // (only Full, or past config.max_tokens)
     const Index position = table.seen();
     const Index live = table.begin_step();  // the kept states plus the new one
     if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
@@ -697,7 +713,7 @@ class MultiStateCache {
       }
       Index n = std::min({q.rows() - t, room, config_.max_chunk});
       while (n > 1 && group_ * n * padded(table.held() + n) > kChunkScratchFloats) n /= 2;
-      if constexpr (!P::kEvicts) reserve(table.held() + n);
+      reserve(table.held() + n);
       prefill(policy, layer, q.middleRows(t, n), k.middleRows(t, n), v.middleRows(t, n),
               out.middleRows(t, n));
       t += n;
@@ -771,7 +787,7 @@ class MultiStateCache {
 
   std::vector<Layer> layers_;  // (n_layers)
 
-  detail::ForkJoin workers_;      // the threads that share the KV heads of a layer
+  ForkJoin workers_;      // the threads that share the KV heads of a layer
   std::vector<Scratch> scratch_;  // (threads)
   // Shared scratch, written before the heads split or after they join (or per head's rows).
   RowMatrix q_;             // (n_q_heads, head_dim) queries with positions encoded

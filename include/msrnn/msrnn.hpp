@@ -4,6 +4,7 @@
 
 #include "msrnn/attention.hpp"
 #include "msrnn/cache.hpp"
+#include "msrnn/fork_join.hpp"
 #include "msrnn/policies/full.hpp"
 #include "msrnn/policies/h2o.hpp"
 #include "msrnn/policies/tova.hpp"

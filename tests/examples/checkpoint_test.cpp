@@ -29,9 +29,13 @@ using testing::shared_path;
 const std::string kModel = shared_path("models/stories260K.bin");
 const std::string kTokenizer = shared_path("models/tok512.bin");
 
+// The file's bytes (engine::read_file), or "" when there is none.
 std::string bytes_of(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    return read_file(path);
+  } catch (const FileError&) {
+    return "";
+  }
 }
 
 // A file in this test program's own temporary folder, removed at its exit.

@@ -22,11 +22,6 @@ using testing::shared_path;
 const std::string kTokenizer = shared_path("models/tok512.bin");
 const Index kVocab = 512;
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 std::string decode_all(const Tokenizer& tokenizer, const std::vector<int>& tokens) {
   std::string text;
   for (std::size_t i = 1; i < tokens.size(); ++i)

@@ -32,9 +32,13 @@ const std::string kStories = shared_path("texts/TinyStories-valid.head30k.txt");
 
 const testing::TempDir& dir() { return testing::process_temp_dir(); }
 
+// The file's bytes (engine::read_file), or "" when there is none.
 std::string bytes_of(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    return read_file(path);
+  } catch (const FileError&) {
+    return "";
+  }
 }
 
 std::string write_temp(const std::string& name, const std::string& bytes) {

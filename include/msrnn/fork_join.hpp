@@ -1,4 +1,5 @@
-// A fork-join pool for the KV heads of one layer: the caller and its workers each take a
+// A fork-join pool, the one the cache splits the KV heads of a layer over (public: a host may
+// split its own per-head work the same way): the caller and its workers each take a
 // contiguous block of tasks, and the call returns when every block is done.
 #pragma once
 
@@ -11,7 +12,7 @@
 
 #include "msrnn/types.hpp"
 
-namespace msrnn::detail {
+namespace msrnn {
 
 /// `threads - 1` worker threads, started once and kept until destruction; `run` wakes them,
 /// does the first block on the calling thread and waits for the rest. Neither `run` nor the
@@ -135,4 +136,4 @@ class ForkJoin {
   std::vector<std::thread> workers_;
 };
 
-}  // namespace msrnn::detail
+}  // namespace msrnn
