@@ -5,6 +5,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -187,8 +188,8 @@ TEST(MultiStateCache, APositionJustBelowTheLimitIsAcceptedAndSteppedPast) {
   for (std::string_view kind : kPolicyNames) {
     for (int mode = 0; mode < 3; ++mode) {  // host positions, absolute, in_cache
       for (bool normalize : {false, true}) {
-        SCOPED_TRACE(std::string(kind) + " mode " + std::to_string(mode) +
-                     " normalize " + std::to_string(normalize));
+        SCOPED_TRACE(std::string(kind) + " mode " + std::to_string(mode) + " normalize " +
+                     std::to_string(normalize));
         CacheConfig config = small_config(4, 2, 8, 3);
         if (mode > 0) config.rope = Rope(8);
         if (mode == 2) config.positions = PositionMode::in_cache;
@@ -379,6 +380,52 @@ MultiStateCache<Policy> make_layout_cache() {
   Policy policy{};
   if constexpr (std::is_same_v<Policy, AnyPolicy>) policy = H2O{2};
   return MultiStateCache<Policy>(config, policy);
+}
+
+// max_tokens: a bounded cache allocates what the sequence can hold, with the results of C + 1
+// slots; past max_tokens it grows (up to C + 1) instead of failing; C still sets the options.
+TEST(MultiStateCache, MaxTokensAllocatesOnlyWhatTheSequenceCanHold) {
+  for (std::string_view name : kPolicyNames) {
+    SCOPED_TRACE(std::string(name));
+    CacheConfig config = small_config(4, 2, 8, 64, 2);
+    config.rope = Rope(8);
+    CacheConfig small = config;
+    small.max_tokens = 10;
+    AnyCache full_size(config, make_policy(testing::named(name)));
+    AnyCache bounded(small, make_policy(testing::named(name)));
+    if (policy_evicts(name)) {
+      EXPECT_EQ(full_size.slots(), 65);
+    }
+    EXPECT_EQ(bounded.slots(), 10);
+    EXPECT_EQ(bounded.state_bytes(), kv_state_bytes(small, 10));
+    RowMatrix a(4, 8), b(4, 8);
+    for (Index t = 0; t < 90; ++t) {  // past max_tokens, and past C for the bounded policies
+      for (Index l = 0; l < 2; ++l) {
+        const auto seed = static_cast<std::uint32_t>(t * 3 + l);
+        const RowMatrix q = random_matrix(4, 8, seed);
+        const RowMatrix k = random_matrix(2, 8, seed + 500);
+        const RowMatrix v = random_matrix(2, 8, seed + 900);
+        full_size.step(l, q, k, v, a);
+        bounded.step(l, q, k, v, b);
+        ASSERT_TRUE(a == b) << "token " << t << " layer " << l;
+      }
+      ASSERT_EQ(bounded.kept_positions(1, 1), full_size.kept_positions(1, 1)) << t;
+    }
+    if (policy_evicts(name)) {
+      EXPECT_EQ(bounded.slots(), 65);  // grew, to C + 1 at most
+    }
+  }
+  CacheConfig bad = small_config(1, 1, 4, 8);
+  bad.max_tokens = 0;
+  EXPECT_NE(testing::invalid_argument_message([&] {
+              AnyCache cache(bad, Window{});
+            }).find("max_tokens = 0: must be at least 1"),
+            std::string::npos);
+  // The options are checked against C, not max_tokens: recent = C / 2 = 32 > max_tokens is fine.
+  CacheConfig few = small_config(1, 1, 4, 64);
+  few.max_tokens = 5;
+  EXPECT_NO_THROW(AnyCache(few, H2O{}));
+  EXPECT_NO_THROW(AnyCache(few, WindowPlusI{40}));
 }
 
 TEST(MultiStateCache, StepTakesOneTokenARowBitForBitAsOneHeadARow) {
