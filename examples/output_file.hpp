@@ -27,7 +27,10 @@ inline std::string errno_text(int error) { return std::strerror(error); }
 // path as given when it does not exist yet and its folder cannot be resolved either.
 inline std::filesystem::path resolved(const std::string& path) {
   std::error_code error;
-  std::filesystem::path real = std::filesystem::weakly_canonical(path, error);
+  // (absolute first: weakly_canonical leaves a relative path whose first part does not exist as
+  // it is, so "x" and "./x" would differ)
+  std::filesystem::path real =
+      std::filesystem::weakly_canonical(std::filesystem::absolute(path, error), error);
   return error ? std::filesystem::path(path) : real;
 }
 
@@ -45,6 +48,12 @@ inline bool same_file(const std::string& a, const std::string& b) {
   }, sb{};
   if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
   return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/// True when two output paths land on the same file: the same existing file, or the same place
+/// once links and "." / ".." are resolved (for files that do not exist yet).
+inline bool same_output(const std::string& a, const std::string& b) {
+  return same_file(a, b) || detail::resolved(a) == detail::resolved(b);
 }
 
 /// An input file of a run, named by the flag that gave it (for messages).

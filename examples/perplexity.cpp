@@ -13,7 +13,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -109,7 +111,7 @@ void check_outputs(Options& o) {
   if (!o.csv_path.empty()) check_output_path("--csv", o.csv_path, inputs);
   if (!o.plot_path.empty()) {
     check_output_path("--plot", o.plot_path, inputs);
-    if (!o.csv_path.empty() && (o.csv_path == o.plot_path || same_file(o.csv_path, o.plot_path))) {
+    if (!o.csv_path.empty() && same_output(o.csv_path, o.plot_path)) {
       cli::fail("--csv and --plot name the same file " + o.plot_path);
     }
     if (!gnuplot_installed()) {
@@ -230,14 +232,14 @@ Row evaluate(LlamaModel& model, const Run& run, const std::vector<int>& stream, 
   return {run.policy, run.capacity, count, mean, std::exp(mean)};
 }
 
-void write_csv(const std::string& path, const std::vector<Row>& rows) {
-  CsvWriter csv(path, {"policy", "capacity", "tokens", "nll", "ppl"});
+void write_csv(CsvWriter& csv, const std::vector<Row>& rows) {
   for (const Row& r : rows) csv.row(r.policy, r.capacity, r.tokens, r.nll, r.ppl);
-  csv.commit();
 }
 
-// ppl against capacity (log x), one line per bounded policy, full as a horizontal line.
-void plot(const std::string& path, const std::vector<Row>& rows, const std::string& title) {
+// ppl against capacity (log x), one line per bounded policy, full as a horizontal line, into
+// `out` (committed by the caller).
+void plot(const AtomicOutput& out, const std::string& path, const std::vector<Row>& rows,
+          const std::string& title) {
   std::ostringstream script;
   script << "set terminal pngcairo size 900,600\n"  // no `set output`: the image goes to stdout
          << "set title '" << gnuplot_text(title) << "' noenhanced\nset logscale x 2\n"
@@ -266,9 +268,7 @@ void plot(const std::string& path, const std::vector<Row>& rows, const std::stri
     }
     script << "e\n";
   }
-  AtomicOutput out(path);
   run_gnuplot(script.str(), out, path);
-  out.commit();
 }
 
 std::string base_name(const std::string& path) { return path.substr(path.find_last_of('/') + 1); }
@@ -304,12 +304,23 @@ int run(int argc, char** argv) {
                 static_cast<long long>(rows.back().tokens), rows.back().nll, rows.back().ppl);
     cli::check_stdout();
   }
-  if (!o.csv_path.empty()) write_csv(o.csv_path, rows);
+  // Both outputs are finished before either replaces what was there: a failed plot leaves an
+  // earlier CSV as it was.
+  std::optional<CsvWriter> csv;
+  std::optional<AtomicOutput> image;
+  if (!o.csv_path.empty()) {
+    csv.emplace(o.csv_path, std::initializer_list<std::string_view>{"policy", "capacity", "tokens",
+                                                                    "nll", "ppl"});
+    write_csv(*csv, rows);
+  }
   if (!o.plot_path.empty()) {
-    plot(o.plot_path, rows,
+    image.emplace(o.plot_path);
+    plot(*image, o.plot_path, rows,
          base_name(files.model_path) + " on " + base_name(o.text_path) + ", chunk " +
              std::to_string(chunk_len));
   }
+  if (csv) csv->commit();
+  if (image) image->commit();
   return 0;
 }
 

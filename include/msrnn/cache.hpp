@@ -14,8 +14,8 @@
 
 #include "msrnn/attention.hpp"
 #include "msrnn/detail/check.hpp"
-#include "msrnn/fork_join.hpp"
 #include "msrnn/detail/select_victim.hpp"
+#include "msrnn/fork_join.hpp"
 #include "msrnn/policy.hpp"
 #include "msrnn/rope.hpp"
 #include "msrnn/slot_table.hpp"
@@ -167,7 +167,8 @@ class MultiStateCache {
     Index slots = evicts                          ? config.capacity + 1
                   : config.capacity == kUnbounded ? kDefaultFullReservation
                                                   : config.capacity;
-    if (config.max_tokens) slots = std::min(slots, *config.max_tokens);
+    if (config.max_tokens)
+      slots = evicts ? std::min(slots, *config.max_tokens) : *config.max_tokens;
     require(static_cast<double>(kv_state_bytes(config, 1)) * static_cast<double>(slots) < 0x1p62,
             "capacity", config.capacity, "the key/value storage would need more than 2^62 bytes");
 
@@ -541,10 +542,12 @@ class MultiStateCache {
       layer.table.grow(slots);
     }
     for (Scratch& scratch : scratch_) {
-      scratch.probs.resize(group_, padded(slots));
-      if (rotates_in_cache()) scratch.keys_rotated.resize(slots, d);
+      // Assigned, not resized: Eigen's resize frees before it allocates, so a bad_alloc there
+      // would leave a dangling buffer; a new matrix leaves the old one whole if it throws.
+      scratch.probs = RowMatrix(group_, padded(slots));
+      if (rotates_in_cache()) scratch.keys_rotated = RowMatrix(slots, d);
     }
-    scratch_.front().layer_score.resize(slots);  // the calling thread's, used after the join
+    scratch_.front().layer_score = RowVector(slots);  // the calling thread's, used after the join
     if (rotates_in_cache()) {
       RankAngles& a = rank_angles_;
       a.cos = with_top_rows(a.cos, slots, d / 2, a.filled);
@@ -735,13 +738,14 @@ class MultiStateCache {
     const Index live = before + n;
     assert(live <= slots_);
     if (chunk_q_.rows() < config_.n_q_heads * n) {
-      chunk_q_.resize(config_.n_q_heads * n, d);  // (n_kv_heads * rows, head_dim)
+      chunk_q_ = RowMatrix(config_.n_q_heads * n, d);  // (n_kv_heads * rows, head_dim)
     }
     for (Scratch& scratch : scratch_) {
-      if (scratch.chunk_out.rows() < rows) scratch.chunk_out.resize(rows, d);  // (rows, head_dim)
+      if (scratch.chunk_out.rows() < rows)
+        scratch.chunk_out = RowMatrix(rows, d);  // (rows, head_dim)
       if (scratch.chunk_probs.rows() < rows || scratch.chunk_probs.cols() < live) {
-        scratch.chunk_probs.resize(std::max(rows, scratch.chunk_probs.rows()),
-                                   padded(live));  // (rows, >= live)
+        scratch.chunk_probs = RowMatrix(std::max(rows, scratch.chunk_probs.rows()),
+                                        padded(live));  // (rows, >= live)
       }
     }
     if (rotates_in_cache()) fill_rank_angles(live);
@@ -787,7 +791,7 @@ class MultiStateCache {
 
   std::vector<Layer> layers_;  // (n_layers)
 
-  ForkJoin workers_;      // the threads that share the KV heads of a layer
+  ForkJoin workers_;              // the threads that share the KV heads of a layer
   std::vector<Scratch> scratch_;  // (threads)
   // Shared scratch, written before the heads split or after they join (or per head's rows).
   RowMatrix q_;             // (n_q_heads, head_dim) queries with positions encoded

@@ -286,6 +286,29 @@ TEST(CommandLine, APlotPathCannotRunACommand) {
   EXPECT_TRUE(hidden_files(here.path()).empty());
 }
 
+// Both outputs are finished before either replaces anything: a gnuplot that fails (here a
+// stand-in on $PATH that exits 1) leaves the earlier CSV and plot as they were; and --csv and
+// --plot naming one new file by two spellings are refused.
+TEST(CommandLine, AFailedPlotKeepsTheEarlierCsv) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const testing::TempDir here;
+  const std::string fake = here.write("gnuplot", "#!/bin/sh\ncat > /dev/null\nexit 1\n");
+  ASSERT_EQ(::chmod(fake.c_str(), 0755), 0);
+  const std::string csv = here.write("ppl.csv", "an earlier result\n");
+  const std::string png = here.write("ppl.png", "an earlier plot");
+  const std::string run = "--model " + kModel + " --tokenizer " + kTokenizer + " --text " +
+                          kStories + " --chunks 1 --chunk 64 --policy window --capacity 8";
+  expect_rejected(MSRNN_PERPLEXITY_BIN, run + " --csv " + csv + " --plot " + png, "gnuplot failed",
+                  "PATH=" + here.path() + ":$PATH");
+  EXPECT_EQ(bytes_of(csv), "an earlier result\n");
+  EXPECT_EQ(bytes_of(png), "an earlier plot");
+  EXPECT_TRUE(hidden_files(here.path()).empty());
+  expect_rejected(MSRNN_PERPLEXITY_BIN, run + " --csv new.dat --plot ./new.dat",
+                  "--csv and --plot name the same file", "cd " + here.path() + " &&");
+  EXPECT_FALSE(std::filesystem::exists(here.file("new.dat")));
+}
+
 // Issue 9, 2 and 4: impossible outputs are refused before any work (nothing on stdout), and a
 // FIFO output, with or without a reader, does not hang the tool.
 TEST(CommandLine, ImpossibleOutputsAreRefusedBeforeAnyWork) {
