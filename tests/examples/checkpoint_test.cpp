@@ -29,19 +29,8 @@ using testing::shared_path;
 const std::string kModel = shared_path("models/stories260K.bin");
 const std::string kTokenizer = shared_path("models/tok512.bin");
 
-// The file's bytes (engine::read_file), or "" when there is none.
-std::string bytes_of(const std::string& path) {
-  try {
-    return read_file(path);
-  } catch (const FileError&) {
-    return "";
-  }
-}
-
-// A file in this test program's own temporary folder, removed at its exit.
-std::string write_temp(const std::string& name, const std::string& bytes) {
-  return testing::process_temp_dir().write(name, bytes);
-}
+using testing::bytes_of;
+using testing::write_temp;
 
 std::string header_bytes(std::vector<std::int32_t> header) {
   return std::string(reinterpret_cast<const char*>(header.data()), header.size() * 4);

@@ -11,6 +11,8 @@
 #include <string>
 #include <system_error>
 
+#include "files.hpp"
+
 namespace engine::testing {
 
 class TempDir {
@@ -45,6 +47,20 @@ class TempDir {
 inline const TempDir& process_temp_dir() {
   static const TempDir dir;
   return dir;
+}
+
+/// Writes `bytes` to `name` in the program's folder; returns its path.
+inline std::string write_temp(const std::string& name, const std::string& bytes) {
+  return process_temp_dir().write(name, bytes);
+}
+
+/// The file's bytes (engine::read_file), or "" when there is none.
+inline std::string bytes_of(const std::string& path) {
+  try {
+    return read_file(path);
+  } catch (const FileError&) {
+    return "";
+  }
 }
 
 }  // namespace engine::testing

@@ -32,18 +32,8 @@ const std::string kStories = shared_path("texts/TinyStories-valid.head30k.txt");
 
 const testing::TempDir& dir() { return testing::process_temp_dir(); }
 
-// The file's bytes (engine::read_file), or "" when there is none.
-std::string bytes_of(const std::string& path) {
-  try {
-    return read_file(path);
-  } catch (const FileError&) {
-    return "";
-  }
-}
-
-std::string write_temp(const std::string& name, const std::string& bytes) {
-  return dir().write(name, bytes);
-}
+using testing::bytes_of;
+using testing::write_temp;
 
 std::string header_bytes(std::vector<std::int32_t> header) {
   return std::string(reinterpret_cast<const char*>(header.data()), header.size() * 4);
