@@ -10,8 +10,10 @@
 // buffers, so read_bw_fraction = baseline time / step time is the share of the machine's read
 // bandwidth a step reaches. Every policy's benchmark also steps a Window cache of the same shape,
 // alternating with it step by step, so that overhead_vs_window compares steps taken side by side
-// (the machine's noise hits both alike; Window against Window shows what is left of it). The CSV
-// has one row per (shape, policy, capacity, threads), medians when repetitions are asked for.
+// (the machine's noise hits both alike; Window against Window shows what is left of it). With
+// in_cache positions (step/<shape>/<policy>/in_cache/...), the partner is the same policy with
+// absolute positions: vs_absolute is what keeping keys at their rank costs. The CSV has one row per
+// (shape, policy, positions, capacity, threads), medians when repetitions are asked for.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include <msrnn/msrnn.hpp>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -44,7 +47,7 @@ const Index kThreads[] = {1, 2};
 
 // What a benchmark measured, by name (filled at registration, read by the CSV writer).
 struct Case {
-  std::string shape, policy;
+  std::string shape, policy, positions;
   Index capacity, threads;
   double bytes;  // K/V bytes one step reads: 2 * n_kv * (C + 1) * head_dim * 4
 };
@@ -52,7 +55,6 @@ std::map<std::string, Case>& cases() {
   static std::map<std::string, Case> all;
   return all;
 }
-
 
 // Seeded normal floats (rows, cols), made once per size and shared by the benchmarks.
 const RowMatrix& random_matrix(Index rows, Index cols, unsigned seed) {
@@ -67,8 +69,10 @@ const RowMatrix& random_matrix(Index rows, Index cols, unsigned seed) {
   return made.emplace(key, std::move(m)).first->second;
 }
 
-msrnn::CacheConfig layer_config(const Shape& s, Index capacity, Index threads) {
+msrnn::CacheConfig layer_config(const Shape& s, Index capacity, Index threads,
+                                msrnn::PositionMode positions = msrnn::PositionMode::absolute) {
   msrnn::CacheConfig config;
+  config.positions = positions;
   config.n_q_heads = s.n_q;
   config.n_kv_heads = s.n_kv;
   config.head_dim = s.d;
@@ -83,26 +87,31 @@ double kv_bytes(const Shape& s, Index capacity) {  // one layer: C + 1 slots (th
 }
 
 // One decode step on a cache holding C states, timed alone (manual time), and in alternation
-// a step of a Window cache for the ratio. The states are appended (keys and values from random
+// a step of its partner for the ratio: a Window cache (absolute positions) or the same policy with
+// absolute positions (in_cache). The states are appended (keys and values from random
 // data: the cost of a step does not depend on their values), then every step inserts one and a
 // bounded policy evicts one. Full cannot evict, so it is refilled to C states (untimed) every C/16
 // steps: it holds between C and C + C/16 + 1 states, ~3% above C on average.
-template <class Policy>
-void step_benchmark(benchmark::State& state, Shape s, Index capacity, Index threads) {
+template <class Policy, class Partner>
+void step_benchmark(benchmark::State& state, Shape s, Index capacity, Index threads,
+                    msrnn::PositionMode positions) {
   using Clock = std::chrono::steady_clock;
   constexpr bool kFull = !Policy::kEvicts;
   const Index refill_every = std::max<Index>(1, capacity / 16);
   const Index reserved = kFull ? capacity + refill_every + 1 : capacity;
-  msrnn::MultiStateCache<Policy> cache(layer_config(s, reserved, threads));
-  msrnn::MultiStateCache<msrnn::Window> window(layer_config(s, capacity, threads));
+  msrnn::MultiStateCache<Policy> cache(layer_config(s, reserved, threads, positions));
+  // (the same policy as partner holds as many states; Window holds C)
+  constexpr bool kSame = std::is_same_v<Policy, Partner>;
+  msrnn::MultiStateCache<Partner> window(layer_config(s, kSame ? reserved : capacity, threads));
   const RowMatrix& prompt_k = random_matrix(capacity, s.n_kv * s.d, 1);
   const RowMatrix& prompt_v = random_matrix(capacity, s.n_kv * s.d, 2);
   auto fill = [&] {
     cache.reset();
     cache.append(0, prompt_k, prompt_v);
+    window.reset();
+    window.append(0, prompt_k, prompt_v);
   };
   fill();
-  window.append(0, prompt_k, prompt_v);
   const RowMatrix& q = random_matrix(64, s.n_q * s.d, 3);
   const RowMatrix& kv = random_matrix(64, 2 * s.n_kv * s.d, 4);
   RowMatrix out(s.n_q, s.d);
@@ -132,7 +141,7 @@ void step_benchmark(benchmark::State& state, Shape s, Index capacity, Index thre
     state.SetIterationTime(mine);
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kv_bytes(s, capacity)));
-  state.counters["vs_window"] = policy_seconds / window_seconds;
+  state.counters["vs_partner"] = policy_seconds / window_seconds;
 }
 
 // The streaming-read baseline: sums the (C + 1, head_dim) keys and values of every KV head,
@@ -158,19 +167,24 @@ void read_benchmark(benchmark::State& state, Shape s, Index capacity, Index thre
 }
 
 template <class Policy>
-void register_step(const Shape& s, Index capacity, Index threads) {
+void register_step(const Shape& s, Index capacity, Index threads, msrnn::PositionMode positions) {
+  const bool in_cache = positions == msrnn::PositionMode::in_cache;
   const std::string name = std::string("step/") + s.name + "/" + Policy::kName +
-                           "/C:" + std::to_string(capacity) + "/threads:" + std::to_string(threads);
-  cases()[name] = {s.name, Policy::kName, capacity, threads, kv_bytes(s, capacity)};
-  benchmark::RegisterBenchmark(name.c_str(), step_benchmark<Policy>, s, capacity, threads)
+                           (in_cache ? "/in_cache" : "") + "/C:" + std::to_string(capacity) +
+                           "/threads:" + std::to_string(threads);
+  cases()[name] = {s.name,   Policy::kName, msrnn::to_string(positions),
+                   capacity, threads,       kv_bytes(s, capacity)};
+  auto* run = in_cache ? step_benchmark<Policy, Policy> : step_benchmark<Policy, msrnn::Window>;
+  benchmark::RegisterBenchmark(name.c_str(), run, s, capacity, threads, positions)
       ->UseManualTime()
       ->Unit(benchmark::kMicrosecond);
 }
 
 // One step benchmark per policy of the library (every alternative of AnyPolicy).
 template <class... Policy>
-void register_steps(const Shape& s, Index capacity, Index threads, std::variant<Policy...>*) {
-  (register_step<Policy>(s, capacity, threads), ...);
+void register_steps(const Shape& s, Index capacity, Index threads, msrnn::PositionMode positions,
+                    std::variant<Policy...>*) {
+  (register_step<Policy>(s, capacity, threads, positions), ...);
 }
 
 void register_all() {
@@ -180,11 +194,13 @@ void register_all() {
       for (Index threads : kThreads) {
         const std::string name = std::string("read/") + s.name + "/C:" + std::to_string(capacity) +
                                  "/threads:" + std::to_string(threads);
-        cases()[name] = {s.name, "read", capacity, threads, kv_bytes(s, capacity)};
+        cases()[name] = {s.name, "read", "", capacity, threads, kv_bytes(s, capacity)};
         benchmark::RegisterBenchmark(name.c_str(), read_benchmark, s, capacity, threads)
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
-        register_steps(s, capacity, threads, static_cast<msrnn::AnyPolicy*>(nullptr));
+        for (auto positions : {msrnn::PositionMode::absolute, msrnn::PositionMode::in_cache}) {
+          register_steps(s, capacity, threads, positions, static_cast<msrnn::AnyPolicy*>(nullptr));
+        }
       }
     }
   }
@@ -193,8 +209,8 @@ void register_all() {
 // Console output as usual, plus what the CSV needs of every benchmark: the median aggregate
 // when there are repetitions, else the single run.
 struct Measured {
-  double ns = 0;         // per step
-  double vs_window = 0;  // step benchmarks: its time over the alternating Window steps' time
+  double ns = 0;          // per step
+  double vs_partner = 0;  // step benchmarks: its time over the alternating partner's steps' time
 };
 
 class CollectingReporter : public benchmark::ConsoleReporter {
@@ -208,8 +224,8 @@ class CollectingReporter : public benchmark::ConsoleReporter {
       if (!median && !single) continue;
       Measured m;
       m.ns = run.GetAdjustedRealTime() * 1e3;  // the unit is microseconds
-      const auto ratio = run.counters.find("vs_window");
-      if (ratio != run.counters.end()) m.vs_window = ratio->second.value;
+      const auto ratio = run.counters.find("vs_partner");
+      if (ratio != run.counters.end()) m.vs_partner = ratio->second.value;
       results[run.run_name.function_name] = m;
     }
     ConsoleReporter::ReportRuns(runs);
@@ -217,8 +233,9 @@ class CollectingReporter : public benchmark::ConsoleReporter {
 };
 
 void write_csv(const std::string& path, const std::map<std::string, Measured>& results) {
-  engine::CsvWriter out(path, {"shape", "policy", "capacity", "threads", "ns_per_step",
-                               "gbytes_per_s", "read_bw_fraction", "overhead_vs_window"});
+  engine::CsvWriter out(
+      path, {"shape", "policy", "positions", "capacity", "threads", "ns_per_step", "gbytes_per_s",
+             "read_bw_fraction", "overhead_vs_window", "in_cache_vs_absolute"});
   for (const auto& [name, c] : cases()) {
     if (c.policy == "read" || results.count(name) == 0) continue;
     const Measured& m = results.at(name);
@@ -226,7 +243,10 @@ void write_csv(const std::string& path, const std::map<std::string, Measured>& r
                                    "/threads:" + std::to_string(c.threads));
     const std::string fraction =
         read != results.end() ? std::to_string(read->second.ns / m.ns) : std::string();
-    out.row(c.shape, c.policy, c.capacity, c.threads, m.ns, c.bytes / m.ns, fraction, m.vs_window);
+    const bool in_cache = c.positions == "in_cache";
+    const std::string ratio = std::to_string(m.vs_partner);
+    out.row(c.shape, c.policy, c.positions, c.capacity, c.threads, m.ns, c.bytes / m.ns, fraction,
+            in_cache ? std::string() : ratio, in_cache ? ratio : std::string());
   }
   out.commit();
 }

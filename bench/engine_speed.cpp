@@ -2,12 +2,14 @@
 // for the comparison with llama2.c's run.c (which decodes stories260K greedily from BOS).
 //
 //   bench_engine [--model FILE] [--tokens 190] [--repeats 60] [--rounds 9] [--capacity 64]
+//                [--positions absolute,in_cache]
 //
 // One measurement decodes --tokens tokens greedily from BOS, --repeats times (each from an empty
 // cache), and divides the tokens by the time. A single run of msrnn-generate lasts ~15 ms, too
 // short on a shared machine; here the rounds interleave the policies (Full, then every bounded
-// one at --capacity) so that a slow phase of the machine hits them alike, and the median over
-// rounds is reported with the range.
+// one at --capacity, in each position mode asked for) so that a slow phase of the machine hits
+// them alike, and the median over rounds is reported with the range. Full is left out when the
+// tokens pass the model's context.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -30,6 +32,7 @@ Greedy decode speed of the example engine (tokens/s) per policy, median over int
   --repeats N      sequences per measurement (default 60)
   --rounds N       interleaved rounds; the median is reported (default 9)
   --capacity N     multi-state size of the bounded policies (default 64)
+  --positions LIST absolute, in_cache or both, comma-separated (default absolute)
 )";
 
 double tokens_per_second(LlamaModel& model, Index tokens, Index repeats) {
@@ -51,6 +54,7 @@ double tokens_per_second(LlamaModel& model, Index tokens, Index repeats) {
 int run(int argc, char** argv) {
   std::string model_path;
   Index tokens = 190, repeats = 60, rounds = 9, capacity = 64;
+  std::vector<msrnn::PositionMode> modes = {msrnn::PositionMode::absolute};
   cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
     if (flag == "--model") {
       model_path = value;
@@ -62,6 +66,11 @@ int run(int argc, char** argv) {
       rounds = cli::parse_int(flag, value, 1, 1000);
     } else if (flag == "--capacity") {
       capacity = cli::parse_int(flag, value, 2, 1 << 20);
+    } else if (flag == "--positions") {
+      modes.clear();
+      for (const std::string& mode : cli::parse_list(flag, value)) {
+        modes.push_back(cli::parse_positions(mode));
+      }
     } else {
       return false;
     }
@@ -69,13 +78,20 @@ int run(int argc, char** argv) {
   });
   if (model_path.empty()) model_path = cli::find_model_file("stories260K.bin", "--model");
   const LlamaWeights weights = cli::load_weights(model_path);
-  const std::vector<std::string> kinds = cli::all_policies();
+  std::vector<std::string> kinds;  // "policy" or "policy/in_cache", one per model
   std::vector<LlamaModel> models;
-  for (const std::string& kind : kinds) {
-    CacheSettings settings;
-    settings.policy.name = kind;
-    settings.capacity = !msrnn::policy_evicts(kind) ? -1 : capacity;  // -1: the context
-    models.push_back(cli::make_model(weights, settings, tokens));
+  for (msrnn::PositionMode mode : modes) {
+    for (const std::string& kind : cli::all_policies()) {
+      const bool bounded = msrnn::policy_evicts(kind);
+      if (!bounded && tokens > weights.config.seq_len) continue;  // past the context
+      CacheSettings settings;
+      settings.policy.name = kind;
+      settings.capacity = bounded ? capacity : -1;  // -1: the context
+      settings.positions = mode;
+      models.push_back(cli::make_model(weights, settings, tokens));
+      kinds.push_back(mode == msrnn::PositionMode::absolute ? kind
+                                                            : kind + "/" + msrnn::to_string(mode));
+    }
   }
   std::vector<std::vector<double>> rates(kinds.size());
   for (Index round = 0; round < rounds; ++round) {
@@ -86,12 +102,12 @@ int run(int argc, char** argv) {
   std::printf("%s, %lld tokens from BOS x %lld, %lld rounds (tokens/s)\n", model_path.c_str(),
               static_cast<long long>(tokens), static_cast<long long>(repeats),
               static_cast<long long>(rounds));
-  std::printf("%-8s %9s %10s %10s %10s\n", "policy", "capacity", "median", "min", "max");
+  std::printf("%-18s %9s %10s %10s %10s\n", "policy", "capacity", "median", "min", "max");
   for (std::size_t i = 0; i < kinds.size(); ++i) {
     const std::vector<double>& r = rates[i];
     const Index c = models[i].cache().capacity();
     const std::string shown = c == msrnn::kUnbounded ? "-" : std::to_string(c);
-    std::printf("%-8s %9s %10.0f %10.0f %10.0f\n", kinds[i].c_str(), shown.c_str(),
+    std::printf("%-18s %9s %10.0f %10.0f %10.0f\n", kinds[i].c_str(), shown.c_str(),
                 bench::median(r), *std::min_element(r.begin(), r.end()),
                 *std::max_element(r.begin(), r.end()));
   }

@@ -183,12 +183,13 @@ inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings
   settings.max_tokens = max_tokens;
   const msrnn::CacheConfig config = cache_config(weights.config, settings);
   const Index requested = config.capacity;
-  // Keys and values of min(C + 1, max_tokens) slots (the library's formula), plus 20 bytes of
-  // bookkeeping per slot and KV head.
-  const Index slots = std::min(requested == msrnn::kUnbounded ? requested : requested + 1, max_tokens);
+  // Keys and values of min(C + 1, max_tokens) slots (the library's formula), plus at most 36
+  // bytes of bookkeeping per slot and KV head (position, score; in_cache's virtual positions).
+  const Index slots =
+      std::min(requested == msrnn::kUnbounded ? requested : requested + 1, max_tokens);
   const double kv_bytes =
       static_cast<double>(msrnn::kv_state_bytes(config, 1)) * static_cast<double>(slots) +
-      20.0 * static_cast<double>(config.n_layers * config.n_kv_heads) * static_cast<double>(slots);
+      36.0 * static_cast<double>(config.n_layers * config.n_kv_heads) * static_cast<double>(slots);
   const double memory = physical_memory_bytes();
   if (memory > 0 && kv_bytes > memory) {
     char what[160];

@@ -214,6 +214,35 @@ TYPED_TEST(EveryPolicy, AgreesWithMaskedReferenceStepByStep) {
   }
 }
 
+// in_cache keys are kept rotated at a moving offset (InCacheKeys), renormalised every few
+// evictions: a long stream at a small capacity crosses many renormalisations, on either RoPE
+// layout, and still agrees with the reference, which rotates at ranks every step.
+TYPED_TEST(EveryPolicy, InCachePositionsAgreeWithTheReferenceAlongALongStream) {
+  constexpr Index kCapacity = 5;
+  constexpr Index kTokens = 300;
+  for (const PolicyOptions& options : variants<TypeParam>()) {
+    for (Positions positions : {Positions::in_cache, Positions::in_cache_half_split}) {
+      SCOPED_TRACE(describe(options) + " positions=" + std::to_string(static_cast<int>(positions)));
+      const CacheConfig config = make_config({4, 2, 8}, kCapacity, positions, 1);
+      MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
+      MaskedReference reference(config, options);
+      const Stream s = make_stream(config, kTokens, 17);
+      for (Index t = 0; t < kTokens; ++t) {
+        const RowMatrix outs = step_token(cache, s, t);
+        const std::vector<double> want =
+            reference.step(0, s.q[0].row(t).data(), s.k[0].row(t).data(), s.v[0].row(t).data());
+        for (Index i = 0; i < outs.cols(); ++i) {
+          ASSERT_NEAR(outs(0, i), want[static_cast<std::size_t>(i)], 2e-5)
+              << "token " << t << " entry " << i;
+        }
+        for (Index g = 0; g < config.n_kv_heads; ++g) {
+          ASSERT_EQ(cache.kept_positions(0, g), reference.kept(0, g)) << "token " << t;
+        }
+      }
+    }
+  }
+}
+
 TYPED_TEST(EveryPolicy, NeverHoldsMoreThanCapacityAndKeepsItsInvariant) {
   constexpr Index kCapacity = 7;
   constexpr Index kTokens = 60;

@@ -43,9 +43,10 @@ void step_tokens(Cache& cache, Index tokens, std::uint32_t seed) {
   }
 }
 
-// C = 2^22 slots with 1 layer, 1 KV head and head_dim 8. The bookkeeping alone (position, rank
-// and score of every slot, 8 bytes each counted) is 96 MiB, the keys and values 256 MiB, and in
-// in_cache mode the angle tables and the rotated-key scratch another 256 MiB. After construction,
+// C = 2^22 slots with 1 layer, 1 KV head and head_dim 8. The bookkeeping alone (position and
+// score of every slot, 8 bytes each counted, and in in_cache mode three more Index per slot) is
+// 64-160 MiB, the keys and values 256 MiB, and in in_cache mode the rotated keys another 128 MiB
+// and the angle table 256 MiB. After construction,
 // reset, 40 steps, reset and 40 steps, the process may have grown by a few MiB at most.
 TEST(Memory, ConstructionAndResetTouchOnlyTheSlotsInUse) {
   constexpr Index kCapacity = Index{1} << 22;

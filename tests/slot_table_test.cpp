@@ -33,26 +33,14 @@ void expect_invariant(const SlotTable& table) {
   }
 }
 
-// The ranks of KV head g's held states, ordered by slot, are a permutation of [0, held) that
-// follows the positions: rank r is the r-th oldest kept state.
-void expect_ranks_follow_positions(const SlotTable& table, Index g) {
-  const std::vector<Index> kept = table.kept_positions(g);
-  for (Index slot = 0; slot < table.used(); ++slot) {
-    const Index p = table.position(g, slot);
-    if (p == SlotTable::kEmpty) continue;
-    const auto at = std::lower_bound(kept.begin(), kept.end(), p) - kept.begin();
-    EXPECT_EQ(table.rank(g, slot), static_cast<Index>(at)) << "head " << g << " slot " << slot;
-  }
-}
-
 // One step of a table of capacity `capacity`: the newest token in every head, then, when over,
 // victims[g] removed from head g.
-void step(SlotTable& table, Index capacity, const std::vector<Index>& victims, bool ranks) {
+void step(SlotTable& table, Index capacity, const std::vector<Index>& victims) {
   const Index live = table.begin_step();
   for (Index g = 0; g < table.n_kv_heads(); ++g) table.insert_newest(g);
   if (live > capacity) {
     for (Index g = 0; g < table.n_kv_heads(); ++g) {
-      table.remove(g, victims[static_cast<std::size_t>(g)], ranks);
+      table.remove(g, victims[static_cast<std::size_t>(g)]);
     }
     table.end_eviction();
   }
@@ -80,7 +68,6 @@ TEST(SlotTable, StepsFillSlotsInOrderOfFirstUse) {
     EXPECT_EQ(table.insert_newest(1), t);
     EXPECT_EQ(table.used(), t + 1);
     EXPECT_EQ(table.position(0, t), t);
-    EXPECT_EQ(table.rank(1, t), t);
     EXPECT_EQ(table.scores()(0, t), 0.0f);
     expect_invariant(table);
   }
@@ -90,8 +77,8 @@ TEST(SlotTable, StepsFillSlotsInOrderOfFirstUse) {
 
 TEST(SlotTable, ARemovedSlotIsTheNextOneWritten) {
   SlotTable table(2, 4);  // capacity 3: four slots, one free between steps
-  for (Index t = 0; t < 3; ++t) step(table, 3, {}, false);
-  step(table, 3, {1, 2}, false);  // head 0 drops position 1, head 1 position 2
+  for (Index t = 0; t < 3; ++t) step(table, 3, {});
+  step(table, 3, {1, 2});  // head 0 drops position 1, head 1 position 2
   EXPECT_EQ(table.held(), 3);
   EXPECT_EQ(table.used(), 4);
   EXPECT_EQ(table.free_slot(0), 1);
@@ -105,29 +92,12 @@ TEST(SlotTable, ARemovedSlotIsTheNextOneWritten) {
   EXPECT_EQ(table.insert_newest(1), 2);
   EXPECT_EQ(table.position(0, 1), 4);
   EXPECT_EQ(table.free_slot(0), 4);  // until a remove says otherwise
-  table.remove(0, 0, false);
-  table.remove(1, 3, false);
+  table.remove(0, 0);
+  table.remove(1, 3);
   table.end_eviction();
   EXPECT_EQ(table.kept_positions(0), (std::vector<Index>{2, 3, 4}));
   EXPECT_EQ(table.kept_positions(1), (std::vector<Index>{0, 1, 4}));
   expect_invariant(table);
-}
-
-TEST(SlotTable, RemovingShiftsTheRanksAboveTheRemovedState) {
-  SlotTable table(1, 5);  // capacity 4
-  for (Index t = 0; t < 4; ++t) step(table, 4, {}, true);
-  // A sequence of victims in various slots; after each step the ranks follow the positions.
-  for (Index victim : {1, 3, 0, 4, 2, 2, 1}) {
-    step(table, 4, {victim}, true);
-    expect_invariant(table);
-    expect_ranks_follow_positions(table, 0);
-  }
-  // Without the shift, ranks are left as they were given.
-  SlotTable plain(1, 3);
-  for (Index t = 0; t < 2; ++t) step(plain, 2, {}, false);
-  step(plain, 2, {0}, false);
-  EXPECT_EQ(plain.rank(0, 1), 1);
-  EXPECT_EQ(plain.rank(0, 2), 2);
 }
 
 TEST(SlotTable, PushAppendsInPositionOrderAndSetSeenSkipsAhead) {
@@ -137,10 +107,9 @@ TEST(SlotTable, PushAppendsInPositionOrderAndSetSeenSkipsAhead) {
   EXPECT_EQ(table.held(), 2);
   EXPECT_EQ(table.seen(), 41);
   EXPECT_EQ(table.free_slot(1), 2);
-  EXPECT_EQ(table.rank(1, 1), 1);
   table.set_seen(45);
   EXPECT_EQ(table.seen(), 45);
-  step(table, 5, {}, false);  // a step after a push goes on in the next slot at position 45
+  step(table, 5, {});  // a step after a push goes on in the next slot at position 45
   EXPECT_EQ(table.position(0, 2), 45);
   EXPECT_EQ(table.kept_positions(0), (std::vector<Index>{10, 40, 45}));
   expect_invariant(table);
@@ -148,7 +117,7 @@ TEST(SlotTable, PushAppendsInPositionOrderAndSetSeenSkipsAhead) {
 
 TEST(SlotTable, ResetForgetsEverythingAndKeepsTheStorage) {
   SlotTable table(2, 4);
-  for (Index t = 0; t < 4; ++t) step(table, 3, {0, 1}, false);
+  for (Index t = 0; t < 4; ++t) step(table, 3, {0, 1});
   table.reset();
   EXPECT_EQ(table.held(), 0);
   EXPECT_EQ(table.seen(), 0);
@@ -156,36 +125,35 @@ TEST(SlotTable, ResetForgetsEverythingAndKeepsTheStorage) {
   EXPECT_EQ(table.slots(), 4);
   EXPECT_EQ(table.free_slot(1), 0);
   EXPECT_TRUE(table.kept_positions(0).empty());  // stale slots are above `used`
-  step(table, 3, {}, false);
+  step(table, 3, {});
   EXPECT_EQ(table.kept_positions(1), (std::vector<Index>{0}));
   expect_invariant(table);
 }
 
 TEST(SlotTable, GrowKeepsTheUsedSlots) {
   SlotTable table(2, 2);
-  step(table, 8, {}, true);
-  step(table, 8, {}, true);
+  step(table, 8, {});
+  step(table, 8, {});
   table.scores()(1, 1) = 0.5f;
   table.grow(16);
   EXPECT_EQ(table.slots(), 16);
   EXPECT_EQ(table.held(), 2);
   EXPECT_EQ(table.used(), 2);
   EXPECT_EQ(table.scores()(1, 1), 0.5f);
-  EXPECT_EQ(table.rank(0, 1), 1);
-  for (Index t = 0; t < 6; ++t) step(table, 8, {}, true);
+  for (Index t = 0; t < 6; ++t) step(table, 8, {});
   EXPECT_EQ(table.kept_positions(0), (std::vector<Index>{0, 1, 2, 3, 4, 5, 6, 7}));
   expect_invariant(table);
 }
 
 TEST(SlotTable, CopiesAreIndependentAndMovesLeaveAnEmptyTable) {
   SlotTable table(2, 4);
-  for (Index t = 0; t < 5; ++t) step(table, 3, {2, 0}, true);
+  for (Index t = 0; t < 5; ++t) step(table, 3, {2, 0});
   table.scores()(0, 1) = 2.0f;
   SlotTable copy(table);
   EXPECT_EQ(copy.kept_positions(0), table.kept_positions(0));
   EXPECT_EQ(copy.free_slot(1), table.free_slot(1));
   EXPECT_EQ(copy.scores()(0, 1), 2.0f);
-  step(copy, 3, {1, 1}, true);
+  step(copy, 3, {1, 1});
   EXPECT_NE(copy.seen(), table.seen());
 
   const std::vector<Index> kept = table.kept_positions(1);

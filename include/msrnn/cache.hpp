@@ -16,7 +16,9 @@
 #include "msrnn/detail/check.hpp"
 #include "msrnn/detail/select_victim.hpp"
 #include "msrnn/fork_join.hpp"
+#include "msrnn/in_cache_keys.hpp"
 #include "msrnn/policy.hpp"
+#include "msrnn/positions.hpp"
 #include "msrnn/rope.hpp"
 #include "msrnn/slot_table.hpp"
 #include "msrnn/types.hpp"
@@ -70,12 +72,15 @@ struct CacheConfig {
 };
 
 /// Bytes of key and value storage for `slots` slots per layer and KV head of `config`:
-/// n_layers * n_kv_heads * slots * head_dim * 2 * 4 (what `state_bytes()` reports; a bounded cache
-/// has C + 1 slots, or min(C + 1, max_tokens)). The one formula the tools and benchmarks use.
+/// n_layers * n_kv_heads * slots * head_dim * 4 * rows, rows = 2 (a key and a value), 3 with
+/// in_cache positions (which keep each key also rotated at its rank, see InCacheKeys). What
+/// `state_bytes()` reports; a bounded cache has C + 1 slots, or min(C + 1, max_tokens). The one
+/// formula the tools and benchmarks use.
 inline std::size_t kv_state_bytes(const CacheConfig& config, Index slots) noexcept {
+  const bool in_cache = config.rope && config.positions == PositionMode::in_cache;
   return static_cast<std::size_t>(config.n_layers) * static_cast<std::size_t>(config.n_kv_heads) *
-         static_cast<std::size_t>(slots) * static_cast<std::size_t>(config.head_dim) * 2 *
-         sizeof(float);
+         static_cast<std::size_t>(slots) * static_cast<std::size_t>(config.head_dim) *
+         (in_cache ? 3 : 2) * sizeof(float);
 }
 
 /// The KV cache of a decoder-only transformer as the multi-state of a bounded RNN
@@ -173,15 +178,14 @@ class MultiStateCache {
             "capacity", config.capacity, "the key/value storage would need more than 2^62 bytes");
 
     group_ = config.n_q_heads / config.n_kv_heads;
-    layers_.reserve(static_cast<std::size_t>(config.n_layers));
-    for (Index l = 0; l < config.n_layers; ++l) layers_.emplace_back(config.n_kv_heads);
     q_.setZero(config.n_q_heads, config.head_dim);
     // (throws std::system_error if a thread cannot start, after joining the started ones)
     workers_ = ForkJoin(std::min(config.threads, config.n_kv_heads));
     scratch_.resize(static_cast<std::size_t>(workers_.threads()));
-    if (config.rope) {
-      cos_.resize(static_cast<std::size_t>(config.head_dim / 2));
-      sin_.resize(cos_.size());
+    positions_ = PositionEncoder(config.rope, config.positions);
+    layers_.reserve(static_cast<std::size_t>(config.n_layers));
+    for (Index l = 0; l < config.n_layers; ++l) {
+      layers_.emplace_back(config.n_kv_heads, config.head_dim, positions_.in_cache());
     }
     resize_slots(slots);
   }
@@ -320,6 +324,9 @@ class MultiStateCache {
                         " of " + std::to_string(capacity_) + ")");
     }
     reserve(table.held() + t);
+    if (positions_.in_cache()) {
+      positions_.prepare_virtual(state.in_cache.rows_needed(table.held() + t));
+    }
     for (Index i = 0; i < t; ++i) {
       const Index position =
           positions.empty() ? table.seen() : positions[static_cast<std::size_t>(i)];
@@ -332,7 +339,10 @@ class MultiStateCache {
   /// n_kv_heads): the slots are not cleared, only no longer counted as used.
   void reset() noexcept {
     if (!constructed_) return;
-    for (Layer& layer : layers_) layer.table.reset();
+    for (Layer& layer : layers_) {
+      layer.table.reset();
+      layer.in_cache.reset();
+    }
   }
 
   // ---- introspection ----------------------------------------------------------------------
@@ -360,8 +370,9 @@ class MultiStateCache {
                     "must be in [0, " + std::to_string(config_.n_kv_heads) + ")");
     return layers_[static_cast<std::size_t>(layer)].table.kept_positions(kv_head);
   }
-  /// Bytes of key and value storage: n_layers * n_kv_heads * slots * head_dim * 2 * 4 (allocated;
-  /// resident as slots are used).
+  /// Bytes of key and value storage, `kv_state_bytes(config(), slots())`: n_layers * n_kv_heads *
+  /// slots * head_dim * 4 * (2, or 3 with in_cache positions) (allocated; resident as slots are
+  /// used).
   std::size_t state_bytes() const noexcept { return kv_state_bytes(config_, slots()); }
 
  private:
@@ -379,17 +390,21 @@ class MultiStateCache {
 
   // One layer: its slot bookkeeping and, beside it, the keys and values it places. Row s of
   // keys[g] and values[g] belongs to slot s of KV head g; only rows [0, table.used()) are written.
+  // Keys are stored as given (host positions, in_cache) or rotated at their position (absolute);
+  // in_cache keeps them rotated at their rank, too.
   struct Layer {
     SlotTable table;
     std::vector<RowMatrix> keys;    // (n_kv_heads): (slots, head_dim)
     std::vector<RowMatrix> values;  // (n_kv_heads): (slots, head_dim)
+    InCacheKeys in_cache;           // in_cache positions only: (n_kv_heads) (slots, head_dim)
 
-    explicit Layer(Index n_kv_heads)
+    Layer(Index n_kv_heads, Index head_dim, bool in_cache_positions)
         : table(n_kv_heads, 0),
           keys(static_cast<std::size_t>(n_kv_heads)),
-          values(static_cast<std::size_t>(n_kv_heads)) {}
+          values(static_cast<std::size_t>(n_kv_heads)),
+          in_cache(in_cache_positions ? InCacheKeys(n_kv_heads, head_dim) : InCacheKeys()) {}
     // Copies the rows in use; the copy's others are allocated, unwritten.
-    Layer(const Layer& other) : table(other.table) {
+    Layer(const Layer& other) : table(other.table), in_cache(other.in_cache, other.table.used()) {
       keys.reserve(other.keys.size());
       values.reserve(other.values.size());
       for (std::size_t g = 0; g < other.keys.size(); ++g) {
@@ -408,16 +423,14 @@ class MultiStateCache {
   // `step` never allocates; the chunk part grows on first use. Every use writes what it reads,
   // so a copy gets the room, not the contents.
   struct Scratch {
-    RowMatrix probs;         // (group, slots) attention probabilities of one KV head
-    RowMatrix keys_rotated;  // (slots, head_dim) in_cache: keys rotated at their rank
-    RowVector layer_score;   // (slots) calling thread only: per-layer scores summed over KV heads
-    RowMatrix chunk_probs;   // (group * t, >= live), rows a multiple of 16 floats long
-    RowMatrix chunk_out;     // (group * t, head_dim)
+    RowMatrix probs;        // (group, slots) attention probabilities of one KV head
+    RowVector layer_score;  // (slots) calling thread only: per-layer scores summed over KV heads
+    RowMatrix chunk_probs;  // (group * t, >= live), rows a multiple of 16 floats long
+    RowMatrix chunk_out;    // (group * t, head_dim)
 
     Scratch() = default;
     Scratch(const Scratch& other)
         : probs(other.probs.rows(), other.probs.cols()),
-          keys_rotated(other.keys_rotated.rows(), other.keys_rotated.cols()),
           layer_score(other.layer_score.size()),
           chunk_probs(other.chunk_probs.rows(), other.chunk_probs.cols()),
           chunk_out(other.chunk_out.rows(), other.chunk_out.cols()) {}
@@ -425,35 +438,6 @@ class MultiStateCache {
     Scratch& operator=(const Scratch&) = delete;
     Scratch& operator=(Scratch&&) = default;
     ~Scratch() = default;
-  };
-
-  // in_cache: the angles of each rank, allocated for every slot but computed on first use, up to
-  // the largest rank used so far (rows [0, filled)). They depend on nothing but the rank, so
-  // reset keeps them.
-  struct RankAngles {
-    RowMatrix cos;  // (slots, head_dim / 2)
-    RowMatrix sin;  // (slots, head_dim / 2)
-    Index filled = 0;
-
-    RankAngles() = default;
-    RankAngles(const RankAngles& other)
-        : cos(with_top_rows(other.cos, other.cos.rows(), other.cos.cols(), other.filled)),
-          sin(with_top_rows(other.sin, other.sin.rows(), other.sin.cols(), other.filled)),
-          filled(other.filled) {}
-    // `filled` goes with the tables (Eigen's move assignment swaps them: the source gets ours,
-    // of which it may count no row).
-    RankAngles(RankAngles&& other) noexcept
-        : cos(std::move(other.cos)),
-          sin(std::move(other.sin)),
-          filled(std::exchange(other.filled, 0)) {}
-    RankAngles& operator=(const RankAngles&) = delete;
-    RankAngles& operator=(RankAngles&& other) noexcept {
-      cos = std::move(other.cos);
-      sin = std::move(other.sin);
-      filled = std::exchange(other.filled, 0);
-      return *this;
-    }
-    ~RankAngles() = default;
   };
 
   // True in a constructed cache, false in a moved-from one: its moves hand the flag over and
@@ -522,13 +506,6 @@ class MultiStateCache {
     return m.data() + row * m.outerStride();
   }
 
-  bool rotates_absolute() const noexcept {
-    return config_.rope && config_.positions == PositionMode::absolute;
-  }
-  bool rotates_in_cache() const noexcept {
-    return config_.rope && config_.positions == PositionMode::in_cache;
-  }
-
   // Sets the number of slots per layer and KV head (construction, Full's growth), keeping the
   // slots in use. Allocates without writing: a slot's memory becomes resident when it is used.
   void resize_slots(Index slots) {
@@ -540,29 +517,16 @@ class MultiStateCache {
         layer.values[g] = with_top_rows(layer.values[g], slots, d, used);
       }
       layer.table.grow(slots);
+      layer.in_cache.grow(slots, used);
     }
     for (Scratch& scratch : scratch_) {
       // Assigned, not resized: Eigen's resize frees before it allocates, so a bad_alloc there
       // would leave a dangling buffer; a new matrix leaves the old one whole if it throws.
       scratch.probs = RowMatrix(group_, padded(slots));
-      if (rotates_in_cache()) scratch.keys_rotated = RowMatrix(slots, d);
     }
     scratch_.front().layer_score = RowVector(slots);  // the calling thread's, used after the join
-    if (rotates_in_cache()) {
-      RankAngles& a = rank_angles_;
-      a.cos = with_top_rows(a.cos, slots, d / 2, a.filled);
-      a.sin = with_top_rows(a.sin, slots, d / 2, a.filled);
-    }
+    positions_.resize_virtual(slots);
     slots_ = slots;
-  }
-
-  // in_cache: computes the angles of the ranks in [filled, n) into the table allocated for every
-  // slot. Called by the calling thread before the heads split; allocates nothing.
-  void fill_rank_angles(Index n) noexcept {
-    RankAngles& a = rank_angles_;
-    for (; a.filled < n; ++a.filled) {
-      config_.rope->angles(a.filled, &a.cos(a.filled, 0), &a.sin(a.filled, 0));
-    }
   }
 
   // Row length of probability scratch: a multiple of 16 floats, so that every row starts as
@@ -570,7 +534,6 @@ class MultiStateCache {
   // a bounded policy must give bit for bit the outputs of Full, whatever their slot counts.
   static Index padded(Index slots) noexcept { return (slots + 15) / 16 * 16; }
 
-  // Full only: makes room for `needed` states, doubling the storage.
   // Makes room for `needed` states, doubling the storage: Full as it grows, and a bounded cache
   // whose sequence went past config.max_tokens (up to its C + 1 slots).
   void reserve(Index needed) {
@@ -581,51 +544,59 @@ class MultiStateCache {
   }
 
   // Writes one token's key and value (head_dim floats each) into row `slot` of KV head g, where
-  // the slot table has just put its state. In absolute mode the key is rotated with the angles in
-  // cos_/sin_.
-  void write_kv(Layer& layer, Index g, Index slot, const float* k, const float* v) noexcept {
+  // the slot table has just put its state of rank `rank`, and encodes the key's position:
+  // absolute, rotated by `angles` (its position's); in_cache, a copy rotated at its rank (angles
+  // prepared).
+  void write_kv(Layer& layer, Index g, Index slot, Index rank, Angles angles, const float* k,
+                const float* v) noexcept {
     const Index d = config_.head_dim;
     const auto gi = static_cast<std::size_t>(g);
     RowMatrix& keys = layer.keys[gi];
     keys.row(slot) = Eigen::Map<const RowVector>(k, d);
-    if (rotates_absolute()) config_.rope->rotate(&keys(slot, 0), cos_.data(), sin_.data());
+    if (positions_.absolute()) positions_.rotate(&keys(slot, 0), angles);
+    if (positions_.in_cache()) layer.in_cache.put(g, slot, rank, k, positions_);
     layer.values[gi].row(slot) = Eigen::Map<const RowVector>(v, d);
   }
 
   // Puts one token's state at `position` into slot held() of every KV head (see SlotTable::push)
-  // with its key and value (rows of n_kv_heads * head_dim). Leaves the angles of `position` in
-  // cos_/sin_.
-  void push(Layer& layer, Index position, const float* k, const float* v) noexcept {
+  // with its key and value (rows of n_kv_heads * head_dim); in_cache angles prepared up to its
+  // rank. Returns the angles of `position` in absolute mode (valid until the next push).
+  Angles push(Layer& layer, Index position, const float* k, const float* v) noexcept {
     const Index d = config_.head_dim;
     const Index slot = layer.table.held();
-    if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
-    for (Index g = 0; g < config_.n_kv_heads; ++g) write_kv(layer, g, slot, k + g * d, v + g * d);
+    const Angles angles = positions_.absolute() ? positions_.at_position(position) : Angles{};
+    for (Index g = 0; g < config_.n_kv_heads; ++g) {
+      write_kv(layer, g, slot, slot, angles, k + g * d, v + g * d);
+    }
     layer.table.push(position);
+    return angles;
   }
 
-  // Encodes the position of one query head (head_dim floats) in place: at `position` in absolute
-  // mode (angles already in cos_/sin_), at `rank` in in_cache mode (angles filled up to it).
-  void encode_query(float* q, Index rank) const noexcept {
-    if (rotates_absolute()) {
-      config_.rope->rotate(q, cos_.data(), sin_.data());
-    } else if (rotates_in_cache()) {
-      config_.rope->rotate(q, &rank_angles_.cos(rank, 0), &rank_angles_.sin(rank, 0));
-    }
+  // The angles the queries of KV head g's group get for a token of rank `rank`: its position's
+  // (`absolute`, absolute mode) or its rank's virtual position (in_cache); unused without a rope.
+  Angles query_angles(const Layer& layer, Index g, Index rank, Angles absolute) const noexcept {
+    return positions_.in_cache() ? positions_.at_virtual(layer.in_cache.at_rank(g, rank))
+                                 : absolute;
   }
 
-  // The keys KV head g attends over: the stored rows [0, live), or in in_cache mode those rows
-  // rotated at their rank among the kept states (angles filled up to live).
-  const RowMatrix& attended_keys(const Layer& layer, Index g, Index live,
-                                 RowMatrix& rotated) const noexcept {
-    const RowMatrix& stored = layer.keys[static_cast<std::size_t>(g)];
-    if (!rotates_in_cache()) return stored;
-    for (Index slot = 0; slot < live; ++slot) {
-      const Index rank = layer.table.rank(g, slot);
-      rotated.row(slot) = stored.row(slot);
-      config_.rope->rotate(&rotated(slot, 0), &rank_angles_.cos(rank, 0),
-                           &rank_angles_.sin(rank, 0));
+  // Encodes the position of one query head (head_dim floats) in place, by query_angles'.
+  void encode_query(float* q, Angles angles) const noexcept {
+    if (positions_.absolute() || positions_.in_cache()) positions_.rotate(q, angles);
+  }
+
+  // The keys KV head g attends over, rows [0, live) valid: the stored ones, or in in_cache mode
+  // those rotated at their rank.
+  const RowMatrix& attended_keys(const Layer& layer, Index g) const noexcept {
+    return positions_.in_cache() ? layer.in_cache.keys(g) : layer.keys[static_cast<std::size_t>(g)];
+  }
+
+  // Evicts the state in `slot` of KV head g, whose states fill slots [0, live) (right after the
+  // insert).
+  void remove(Layer& layer, Index g, Index slot, Index live) noexcept {
+    layer.table.remove(g, slot);
+    if (positions_.in_cache()) {
+      layer.in_cache.remove(g, slot, live, layer.keys[static_cast<std::size_t>(g)], positions_);
     }
-    return rotated;
   }
 
   // One recurrence of one layer: insert -> attend -> score -> evict. q and out (n_q_heads,
@@ -639,8 +610,10 @@ class MultiStateCache {
     reserve(table.held() + 1);  // (only Full, or past config.max_tokens)
     const Index position = table.seen();
     const Index live = table.begin_step();  // the kept states plus the new one
-    if (rotates_absolute()) config_.rope->angles(position, cos_.data(), sin_.data());
-    if (rotates_in_cache()) fill_rank_angles(live);
+    // The angles of the new token's position (absolute) or the in_cache table up to its rank,
+    // computed before the heads split.
+    const Angles angles = positions_.absolute() ? positions_.at_position(position) : Angles{};
+    if (positions_.in_cache()) positions_.prepare_virtual(layer.in_cache.rows_needed(live));
     const bool over = P::kEvicts && live > capacity_;
     const bool evict_per_head = over && policy.per_head();
 
@@ -649,38 +622,39 @@ class MultiStateCache {
     // per-head policy also chooses its victim here. Each head writes only its own rows.
     auto head_step = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
-      write_kv(layer, g, table.insert_newest(g), row_data(k, g), row_data(v, g));
+      write_kv(layer, g, table.insert_newest(g), live - 1, angles, row_data(k, g), row_data(v, g));
+      const Angles query = query_angles(layer, g, live - 1, angles);
       for (Index h = g * group_; h < (g + 1) * group_; ++h) {
         q_.row(h) = q.row(h);
-        encode_query(&q_(h, 0), live - 1);
+        encode_query(&q_(h, 0), query);
       }
-      const RowMatrix& keys = attended_keys(layer, g, live, scratch.keys_rotated);
       auto probs = scratch.probs.topLeftCorner(group_, live);
-      attend(q_.middleRows(g * group_, group_), keys.topRows(live),
+      attend(q_.middleRows(g * group_, group_), attended_keys(layer, g).topRows(live),
              layer.values[static_cast<std::size_t>(g)].topRows(live), scale_, probs,
              out.middleRows(g * group_, group_));
       if constexpr (P::kNeedsProbabilities) {
         policy.observe(g, probs, 1, table.scores().row(g).head(live));
       }
       if (evict_per_head) {
-        table.remove(g,
-                     detail::select_victim(policy, &table.scores()(g, 0), table.positions(g), live,
-                                           position),
-                     rotates_in_cache());
+        remove(layer, g,
+               detail::select_victim(policy, &table.scores()(g, 0), table.positions(g), live,
+                                     position),
+               live);
       }
     };
     workers_.run(config_.n_kv_heads, head_step);
 
     // 4. evict down to C
     if (over) {
-      if (!evict_per_head) evict_per_layer(policy, table, live);
+      if (!evict_per_head) evict_per_layer(policy, layer, live);
       table.end_eviction();
     }
   }
 
   // One victim for the whole layer, the same slot in every KV head (their slots stay aligned).
   template <class P>
-  void evict_per_layer(const P& policy, SlotTable& table, Index live) noexcept {
+  void evict_per_layer(const P& policy, Layer& layer, Index live) noexcept {
+    SlotTable& table = layer.table;
     const float* score = &table.scores()(0, 0);
     if constexpr (P::kNeedsProbabilities) {
       if (config_.n_kv_heads > 1) {
@@ -691,7 +665,15 @@ class MultiStateCache {
     }
     const Index victim =
         detail::select_victim(policy, score, table.positions(0), live, table.seen() - 1);
-    for (Index g = 0; g < config_.n_kv_heads; ++g) table.remove(g, victim, rotates_in_cache());
+    // in_cache re-rotations (the same count in every KV head) are worth the threads when many.
+    constexpr Index kRotationsWorthThreads = 64;
+    if (positions_.in_cache() && workers_.threads() > 1 &&
+        layer.in_cache.rotations(0, victim, live) >= kRotationsWorthThreads) {
+      auto head_remove = [&](Index g, Index) noexcept { remove(layer, g, victim, live); };
+      workers_.run(config_.n_kv_heads, head_remove);
+    } else {
+      for (Index g = 0; g < config_.n_kv_heads; ++g) remove(layer, g, victim, live);
+    }
   }
 
   template <class P>
@@ -748,25 +730,24 @@ class MultiStateCache {
                                         padded(live));  // (rows, >= live)
       }
     }
-    if (rotates_in_cache()) fill_rank_angles(live);
+    if (positions_.in_cache()) positions_.prepare_virtual(layer.in_cache.rows_needed(live));
 
     for (Index i = 0; i < n; ++i) {
-      const Index slot = before + i;
-      push(layer, table.seen(), row_data(k, i), row_data(v, i));
+      const Index slot = before + i;  // and rank: no eviction since reset
+      const Angles angles = push(layer, table.seen(), row_data(k, i), row_data(v, i));
       // Query head h of token i goes to row i * group + r of its KV head's block.
       for (Index h = 0; h < config_.n_q_heads; ++h) {
         const Index row = (h / group_) * rows + i * group_ + h % group_;
         chunk_q_.row(row) = q.row(i).segment(h * d, d);
-        encode_query(&chunk_q_(row, 0), slot);
+        encode_query(&chunk_q_(row, 0), query_angles(layer, h / group_, slot, angles));
       }
     }
 
     // Per KV head, the heads split across threads; each writes only its own columns of out.
     auto head_prefill = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
-      const RowMatrix& keys = attended_keys(layer, g, live, scratch.keys_rotated);
       auto probs = scratch.chunk_probs.topLeftCorner(rows, live);
-      attend_causal(chunk_q_.middleRows(g * rows, rows), keys.topRows(live),
+      attend_causal(chunk_q_.middleRows(g * rows, rows), attended_keys(layer, g).topRows(live),
                     layer.values[static_cast<std::size_t>(g)].topRows(live), scale_, before, group_,
                     probs, scratch.chunk_out.topRows(rows));
       for (Index i = 0; i < n; ++i) {
@@ -794,11 +775,9 @@ class MultiStateCache {
   ForkJoin workers_;              // the threads that share the KV heads of a layer
   std::vector<Scratch> scratch_;  // (threads)
   // Shared scratch, written before the heads split or after they join (or per head's rows).
-  RowMatrix q_;             // (n_q_heads, head_dim) queries with positions encoded
-  RankAngles rank_angles_;  // in_cache: (slots, head_dim / 2) cos and sin of each rank
-  std::vector<float> cos_;  // (head_dim / 2) absolute: angles of the current position
-  std::vector<float> sin_;  // (head_dim / 2)
-  RowMatrix chunk_q_;       // (n_q_heads * t, head_dim) step_chunk: queries grouped by KV head
+  PositionEncoder positions_;  // the rope and the angles of every rotation
+  RowMatrix q_;                // (n_q_heads, head_dim) queries with positions encoded
+  RowMatrix chunk_q_;          // (n_q_heads * t, head_dim) step_chunk: queries grouped by KV head
 };
 
 /// A cache whose policy is chosen at run time (command-line tools): `AnyCache cache(config,

@@ -61,7 +61,22 @@ class Rope {
 
   /// Rotates one head vector `x` (head_dim floats) in place by angles from `angles()`.
   void rotate(float* x, const float* cos_in, const float* sin_in) const noexcept {
-    for (Index i = 0; i < half(); ++i) turn(x, i, cos_in[i], sin_in[i]);
+    rotate(x, x, cos_in, sin_in);
+  }
+
+  /// Writes head vector `in` (head_dim floats) rotated by angles from `angles()` to `out`, which
+  /// is `in` or does not overlap it. The one rotation every other goes through, so that all give
+  /// the same bits.
+  void rotate(const float* in, float* out, const float* cos_in,
+              const float* sin_in) const noexcept {
+    const Index n = half();
+    if (layout_ == RopeLayout::interleaved) {
+      for (Index i = 0; i < n; ++i)
+        turn(in[2 * i], in[2 * i + 1], out + 2 * i, out + 2 * i + 1, cos_in[i], sin_in[i]);
+    } else {
+      for (Index i = 0; i < n; ++i)
+        turn(in[i], in[i + n], out + i, out + i + n, cos_in[i], sin_in[i]);
+    }
   }
 
   /// Rotates every row of x (rows, head_dim) in place at `position`.
@@ -72,7 +87,12 @@ class Rope {
       float c = 0.0f;
       float s = 0.0f;
       angle(position, i, c, s);
-      for (Index r = 0; r < x.rows(); ++r) turn(&x(r, 0), i, c, s);
+      for (Index r = 0; r < x.rows(); ++r) {
+        float* row = &x(r, 0);
+        const Index j = layout_ == RopeLayout::interleaved ? 2 * i : i;
+        const Index k = layout_ == RopeLayout::interleaved ? 2 * i + 1 : i + half();
+        turn(row[j], row[k], row + j, row + k, c, s);
+      }
     }
   }
 
@@ -91,15 +111,11 @@ class Rope {
     s = static_cast<float>(std::sin(a));
   }
 
-  // Rotates pair `pair` of the head vector x by the angle whose cosine and sine are c and s.
-  void turn(float* x, Index pair, float c, float s) const noexcept {
-    const bool interleaved = layout_ == RopeLayout::interleaved;
-    float& a = x[interleaved ? 2 * pair : pair];
-    float& b = x[interleaved ? 2 * pair + 1 : pair + half()];
-    const float a0 = a;
-    const float b0 = b;
-    a = a0 * c - b0 * s;
-    b = a0 * s + b0 * c;
+  // Writes the pair (a, b) rotated by the angle whose cosine and sine are c and s to (*x, *y).
+  // Both are read before either is written: in place is fine.
+  static void turn(float a, float b, float* x, float* y, float c, float s) noexcept {
+    *x = a * c - b * s;
+    *y = a * s + b * c;
   }
 };
 

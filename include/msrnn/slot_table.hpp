@@ -1,4 +1,4 @@
-// SlotTable: the bookkeeping of one layer's slots (positions, ranks, scores, occupancy), kept
+// SlotTable: the bookkeeping of one layer's slots (positions, scores, occupancy), kept
 // beside the key/value tensors, which it never sees.
 #pragma once
 
@@ -13,8 +13,8 @@
 
 namespace msrnn {
 
-/// Which slot of each KV head of one layer holds which state: its original position, its rank
-/// among the kept states (in_cache positions) and the policy's score. The cache keeps one per
+/// Which slot of each KV head of one layer holds which state: its original position and the
+/// policy's score. The cache keeps one per
 /// layer, beside the keys and values, and writes a key and value wherever this table puts a state.
 ///
 /// Invariant between steps: the held states fill slots [0, held] except free_slot(g) in each KV
@@ -25,7 +25,7 @@ namespace msrnn {
 ///   SlotTable table(n_kv_heads, slots);
 ///   const Index live = table.begin_step();           // the newest token: position seen() - 1
 ///   for (g...) slot[g] = table.insert_newest(g);     // write its key and value there
-///   if (live > capacity) { for (g...) table.remove(g, victim[g], ranks); table.end_eviction(); }
+///   if (live > capacity) { for (g...) table.remove(g, victim[g]); table.end_eviction(); }
 ///
 /// Per-head methods (insert_newest, remove, scores().row(g)) touch only KV head g's entries, so
 /// distinct heads may be handled by distinct threads; the others are for one thread. Nothing
@@ -42,7 +42,6 @@ class SlotTable {
   SlotTable(Index n_kv_heads, Index slots)
       : free_slot_(static_cast<std::size_t>(n_kv_heads), 0),
         position_(n_kv_heads, slots),
-        rank_(n_kv_heads, slots),
         score_(n_kv_heads, slots) {
     assert(n_kv_heads >= 0 && slots >= 0);
   }
@@ -54,7 +53,6 @@ class SlotTable {
         used_(other.used_),
         free_slot_(other.free_slot_),
         position_(with_left_cols(other.position_, other.slots(), used_)),
-        rank_(with_left_cols(other.rank_, other.slots(), used_)),
         score_(with_left_cols(other.score_, other.slots(), used_)) {}
 
   /// Hands the counters over with the storage: the moved-from table holds no slot.
@@ -64,7 +62,6 @@ class SlotTable {
         used_(std::exchange(other.used_, 0)),
         free_slot_(std::move(other.free_slot_)),
         position_(std::move(other.position_)),
-        rank_(std::move(other.rank_)),
         score_(std::move(other.score_)) {}
 
   SlotTable& operator=(const SlotTable&) = delete;
@@ -93,11 +90,6 @@ class SlotTable {
     assert(g >= 0 && g < n_kv_heads() && slot >= 0 && slot < used_);
     return position_(g, slot);
   }
-  /// Rank among the kept states of KV head g of the state in `slot` (0 the oldest kept).
-  Index rank(Index g, Index slot) const noexcept {
-    assert(g >= 0 && g < n_kv_heads() && slot >= 0 && slot < used_);
-    return rank_(g, slot);
-  }
   /// KV head g's positions, one per slot (what detail::select_victim reads).
   const Index* positions(Index g) const noexcept {
     assert(g >= 0 && g < n_kv_heads());
@@ -120,29 +112,22 @@ class SlotTable {
     return held_;
   }
 
-  /// Puts the newest token (position seen() - 1, the highest rank, score 0) into KV head g's free
+  /// Puts the newest token (position seen() - 1, score 0) into KV head g's free
   /// slot and returns that slot; the free slot becomes held(), until a remove says otherwise.
   Index insert_newest(Index g) noexcept {
     assert(g >= 0 && g < n_kv_heads() && held_ >= 1);
     const auto gi = static_cast<std::size_t>(g);
     const Index slot = free_slot_[gi];
     assert(slot < held_);  // the invariant: every other slot of [0, held) holds a state
-    put(g, slot, seen_ - 1, held_ - 1);
+    put(g, slot, seen_ - 1);
     free_slot_[gi] = held_;
     return slot;
   }
 
-  /// Frees `slot` of KV head g (one of the held() states) and makes it the free slot; with
-  /// `shift_ranks` (in_cache positions) the ranks above the removed one move down.
-  void remove(Index g, Index slot, bool shift_ranks) noexcept {
+  /// Frees `slot` of KV head g (one of the held() states) and makes it the free slot.
+  void remove(Index g, Index slot) noexcept {
     assert(g >= 0 && g < n_kv_heads() && slot >= 0 && slot < held_);
     assert(position_(g, slot) != kEmpty);
-    if (shift_ranks) {
-      const Index gone = rank_(g, slot);
-      for (Index j = 0; j < held_; ++j) {
-        if (rank_(g, j) > gone) --rank_(g, j);
-      }
-    }
     position_(g, slot) = kEmpty;
     free_slot_[static_cast<std::size_t>(g)] = slot;
   }
@@ -159,14 +144,14 @@ class SlotTable {
 
   // ---- states in position order (prefill, append) -------------------------------------------
 
-  /// Puts a state at `position` into slot held() of every KV head with rank held(), score 0: for
+  /// Puts a state at `position` into slot held() of every KV head with score 0: for
   /// a table without eviction since reset, whose held states fill [0, held) in position order.
   /// held, used and the free slots move up by one; seen becomes position + 1.
   void push(Index position) noexcept {
     assert(held_ < slots() && position >= seen_);
     for (Index g = 0; g < n_kv_heads(); ++g) {
       assert(free_slot(g) == held_);
-      put(g, held_, position, held_);
+      put(g, held_, position);
       free_slot_[static_cast<std::size_t>(g)] = held_ + 1;
     }
     ++held_;
@@ -205,7 +190,6 @@ class SlotTable {
   void grow(Index slots) {
     assert(slots >= used_);
     position_ = with_left_cols(position_, slots, used_);
-    rank_ = with_left_cols(rank_, slots, used_);
     score_ = with_left_cols(score_, slots, used_);
   }
 
@@ -221,9 +205,8 @@ class SlotTable {
     return out;
   }
 
-  void put(Index g, Index slot, Index position, Index rank) noexcept {
+  void put(Index g, Index slot, Index position) noexcept {
     position_(g, slot) = position;
-    rank_(g, slot) = rank;
     score_(g, slot) = 0.0f;
   }
 
@@ -232,7 +215,6 @@ class SlotTable {
   Index used_ = 0;
   std::vector<Index> free_slot_;  // (n_kv_heads) where each KV head's next state goes
   PositionMatrix position_;       // (n_kv_heads, slots) original position, kEmpty if none
-  PositionMatrix rank_;           // (n_kv_heads, slots) rank among the kept (used by in_cache)
   RowMatrix score_;               // (n_kv_heads, slots) the policy's score of each slot
 };
 

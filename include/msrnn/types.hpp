@@ -27,9 +27,10 @@ inline constexpr Index kMaxPosition = Index{1} << 62;
 enum class PositionMode {
   /// Keys are rotated once, at their original position, and stored rotated (official TOVA code).
   absolute,
-  /// Keys are stored unrotated; at every step each kept key is rotated at its rank among the kept
-  /// states and the query at the rank of the newest (StreamingLLM), so a model can run past the
-  /// context it was trained on.
+  /// Each kept key is rotated at its rank among the kept states and the query at the rank of the
+  /// newest (StreamingLLM), so a model can run past the context it was trained on. The cache keeps
+  /// the keys unrotated and, beside them, rotated at their ranks (InCacheKeys: one more key row per
+  /// state; an eviction re-rotates at most half of them, none when the oldest goes).
   in_cache,
 };
 

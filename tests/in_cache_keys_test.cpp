@@ -1,0 +1,147 @@
+#include "msrnn/in_cache_keys.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "msrnn/slot_table.hpp"
+#include "test_util.hpp"
+
+namespace msrnn {
+namespace {
+
+constexpr Index kHeadDim = 8;
+
+// A layer's slots under in_cache positions as the cache drives them: a SlotTable, the unrotated
+// keys beside it, and InCacheKeys keeping the rotated copy.
+struct Layer {
+  Index capacity;
+  Rope rope{kHeadDim};
+  PositionEncoder positions{rope, PositionMode::in_cache};
+  SlotTable table;
+  std::vector<RowMatrix> unrotated;  // (n_kv_heads): (slots, head_dim)
+  InCacheKeys keys;
+  std::uint32_t seed = 1;
+
+  Layer(Index n_kv_heads, Index capacity_)
+      : capacity(capacity_),
+        table(n_kv_heads, capacity_ + 1),
+        unrotated(static_cast<std::size_t>(n_kv_heads), RowMatrix(capacity_ + 1, kHeadDim)),
+        keys(n_kv_heads, kHeadDim) {
+    keys.grow(capacity + 1, 0);
+    positions.resize_virtual(capacity + 1);
+  }
+
+  // One step: the newest token in every head, then victim(g, live) removed from head g if over.
+  template <class Victim>
+  void step(Victim victim) {
+    const Index live = table.begin_step();
+    positions.prepare_virtual(keys.rows_needed(live));
+    for (Index g = 0; g < table.n_kv_heads(); ++g) {
+      const Index slot = table.insert_newest(g);
+      RowMatrix& k = unrotated[static_cast<std::size_t>(g)];
+      k.row(slot) = testing::random_matrix(1, kHeadDim, seed++);
+      keys.put(g, slot, live - 1, &k(slot, 0), positions);
+    }
+    if (live > capacity) {
+      for (Index g = 0; g < table.n_kv_heads(); ++g) {
+        const Index slot = victim(g, live);
+        table.remove(g, slot);
+        keys.remove(g, slot, live, unrotated[static_cast<std::size_t>(g)], positions);
+      }
+      table.end_eviction();
+    }
+  }
+
+  // Slot of the state of `rank` (0 the oldest) in KV head g, right after an insert.
+  Index slot_of_rank(Index g, Index rank, Index live) const {
+    std::vector<std::pair<Index, Index>> by_position;  // (position, slot)
+    for (Index s = 0; s < live; ++s) by_position.emplace_back(table.position(g, s), s);
+    std::sort(by_position.begin(), by_position.end());
+    return by_position[static_cast<std::size_t>(rank)].second;
+  }
+};
+
+// Every held key is its unrotated key rotated, bit for bit, at base + its rank among the kept, and
+// the virtual positions stay inside the angle table.
+void expect_rotated_at_ranks(const Layer& layer) {
+  for (Index g = 0; g < layer.table.n_kv_heads(); ++g) {
+    const std::vector<Index> kept = layer.table.kept_positions(g);
+    for (Index s = 0; s < layer.table.used(); ++s) {
+      const Index p = layer.table.position(g, s);
+      if (p == SlotTable::kEmpty) continue;
+      const auto rank =
+          static_cast<Index>(std::lower_bound(kept.begin(), kept.end(), p) - kept.begin());
+      const Index u = layer.keys.virtual_position(g, s);
+      ASSERT_EQ(u, layer.keys.at_rank(g, rank)) << "head " << g << " slot " << s;
+      ASSERT_LT(u, 2 * layer.table.slots() + 1);
+      RowMatrix want = layer.unrotated[static_cast<std::size_t>(g)].row(s);
+      layer.rope.rotate(want, u);
+      ASSERT_TRUE(layer.keys.keys(g).row(s) == want.row(0)) << "head " << g << " slot " << s;
+    }
+  }
+}
+
+TEST(InCacheKeys, KeysStayRotatedAtTheirRanksThroughEvictionsAndRebases) {
+  // Victims anywhere (random per head), the oldest, the newest, and a sink's: 400 steps of a
+  // capacity of 5 pass base = slots many times.
+  std::mt19937 rng(7);
+  for (int kind = 0; kind < 4; ++kind) {
+    SCOPED_TRACE("victims " + std::to_string(kind));
+    Layer layer(3, 5);
+    for (int t = 0; t < 400; ++t) {
+      layer.step([&](Index g, Index live) {
+        const Index rank = kind == 0   ? std::uniform_int_distribution<Index>(0, live - 1)(rng)
+                           : kind == 1 ? 0
+                           : kind == 2 ? live - 1
+                                       : 2;  // two sinks
+        return layer.slot_of_rank(g, rank, live);
+      });
+      expect_rotated_at_ranks(layer);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST(InCacheKeys, EvictingTheOldestOrTheNewestRotatesNoKey) {
+  Layer layer(1, 6);
+  for (int t = 0; t < 6; ++t) layer.step([](Index, Index) { return Index{0}; });  // fill
+  layer.table.begin_step();
+  const Index live = layer.table.held();
+  layer.positions.prepare_virtual(layer.keys.rows_needed(live));
+  const Index slot = layer.table.insert_newest(0);
+  layer.keys.put(0, slot, live - 1, &layer.unrotated[0](slot, 0), layer.positions);
+  EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 0, live), live), 0);
+  EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, live - 1, live), live), 0);
+  EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 2, live), live), 2);
+  EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 4, live), live), 2);
+  EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 3, live), live), 3);
+}
+
+TEST(InCacheKeys, ACopyHoldsTheUsedSlotsAndResetForgetsTheOffset) {
+  Layer layer(2, 4);
+  for (int t = 0; t < 9; ++t) {
+    layer.step([&](Index g, Index live) { return layer.slot_of_rank(g, 0, live); });
+  }
+  EXPECT_GT(layer.keys.at_rank(0, 0), 0);  // the oldest went: base moved up
+  const InCacheKeys copy(layer.keys, layer.table.used());
+  for (Index g = 0; g < 2; ++g) {
+    EXPECT_EQ(copy.at_rank(g, 0), layer.keys.at_rank(g, 0));
+    for (Index s = 0; s < layer.table.used(); ++s) {
+      EXPECT_EQ(copy.virtual_position(g, s), layer.keys.virtual_position(g, s));
+      EXPECT_TRUE(copy.keys(g).row(s) == layer.keys.keys(g).row(s));
+    }
+  }
+  layer.keys.reset();
+  EXPECT_EQ(layer.keys.at_rank(1, 3), 3);
+  EXPECT_EQ(copy.at_rank(1, 0), 5);  // 9 tokens, 4 kept: five evictions of the oldest
+}
+
+static_assert(std::is_nothrow_move_constructible_v<InCacheKeys>);
+static_assert(!std::is_copy_constructible_v<InCacheKeys>);
+
+}  // namespace
+}  // namespace msrnn
