@@ -2,7 +2,7 @@
 // for the comparison with llama2.c's run.c (which decodes stories260K greedily from BOS).
 //
 //   bench_engine [--model FILE] [--tokens 190] [--repeats 60] [--rounds 9] [--capacity 64]
-//                [--positions absolute,in_cache]
+//                [--positions absolute,in_cache] [--threads 1]
 //
 // One measurement decodes --tokens tokens greedily from BOS, --repeats times (each from an empty
 // cache), and divides the tokens by the time. A single run of msrnn-generate lasts ~15 ms, too
@@ -33,6 +33,7 @@ Greedy decode speed of the example engine (tokens/s) per policy, median over int
   --rounds N       interleaved rounds; the median is reported (default 9)
   --capacity N     multi-state size of the bounded policies (default 64)
   --positions LIST absolute, in_cache or both, comma-separated (default absolute)
+  --threads N      threads sharing each layer's KV heads in the cache (default 1)
 )";
 
 double tokens_per_second(LlamaModel& model, Index tokens, Index repeats) {
@@ -54,6 +55,7 @@ double tokens_per_second(LlamaModel& model, Index tokens, Index repeats) {
 int run(int argc, char** argv) {
   std::string model_path;
   Index tokens = 190, repeats = 60, rounds = 9, capacity = 64;
+  Index threads = 1;
   std::vector<msrnn::PositionMode> modes = {msrnn::PositionMode::absolute};
   cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
     if (flag == "--model") {
@@ -66,6 +68,8 @@ int run(int argc, char** argv) {
       rounds = cli::parse_int(flag, value, 1, 1000);
     } else if (flag == "--capacity") {
       capacity = cli::parse_int(flag, value, 2, 1 << 20);
+    } else if (flag == "--threads") {
+      threads = cli::parse_int(flag, value, 1, 1024);
     } else if (flag == "--positions") {
       modes.clear();
       for (const std::string& mode : cli::parse_list(flag, value)) {
@@ -88,6 +92,7 @@ int run(int argc, char** argv) {
       settings.policy.name = kind;
       settings.capacity = bounded ? capacity : -1;  // -1: the context
       settings.positions = mode;
+      settings.threads = threads;
       models.push_back(cli::make_model(weights, settings, tokens));
       kinds.push_back(mode == msrnn::PositionMode::absolute ? kind
                                                             : kind + "/" + msrnn::to_string(mode));

@@ -24,6 +24,7 @@ const char* const kUsage = R"(usage: bench_soak --policy NAME [options]
   --capacity N       multi-state size (default 256)
   --tokens N         tokens to generate (default 1000000)
   --positions MODE   absolute or in_cache (default in_cache: StreamingLLM-style positions)
+  --threads N        threads sharing each layer's KV heads in the cache (default 1)
   --model FILE, --tokenizer FILE, --sinks N, --recent N   as msrnn-generate
 )";
 

@@ -85,13 +85,14 @@ struct ModelFiles {
 };
 
 /// The flags both tools take: --model, --tokenizer, and for the cache --sinks, --recent,
-/// --positions.
+/// --positions, --threads.
 struct CommonFlags {
   std::string model_path;      // empty: stories260K.bin, found by find_model_file
   std::string tokenizer_path;  // empty: tok512.bin, likewise
   Index sinks = msrnn::PolicyOptions{}.sinks;
   Index recent = msrnn::PolicyOptions{}.recent;
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
+  Index threads = 1;  // threads sharing a layer's KV heads (CacheConfig::threads)
   bool sinks_given = false;
   bool recent_given = false;
 
@@ -109,6 +110,8 @@ struct CommonFlags {
       recent_given = true;
     } else if (flag == "--positions") {
       positions = parse_positions(value);
+    } else if (flag == "--threads") {
+      threads = parse_int(flag, value, 1, 1024);
     } else {
       return false;
     }
@@ -163,6 +166,7 @@ struct CommonFlags {
     s.policy.recent = recent;
     s.capacity = capacity;
     s.positions = positions;
+    s.threads = threads;
     return s;
   }
 };

@@ -32,6 +32,8 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
   --sinks N             sink's protected first positions (default 4)
   --recent N            h2o's protected newest states (default C/2)
   --positions MODE      absolute or in_cache (default absolute)
+  --threads N           threads sharing each layer's KV heads in the cache (default 1;
+                        the text is the same for any number)
   --help                this text
 Flags also take the form --flag=value.
 )";
@@ -115,6 +117,8 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, ", capacity %lld",
                  capacity >= 0 ? capacity : static_cast<long long>(weights.config.seq_len));
   }
+  const Index threads = model.cache().config().threads;
+  if (threads > 1) std::fprintf(stderr, ", %lld threads", static_cast<long long>(threads));
   std::fprintf(stderr, ")\nKV state: %zu bytes\n", model.cache().state_bytes());
   return 0;
 }

@@ -44,6 +44,8 @@ Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each
   --sinks N          sink's protected first positions (default 4)
   --recent N         h2o's protected newest states (default C/2)
   --positions MODE   absolute or in_cache (default absolute)
+  --threads N        threads sharing each layer's KV heads in the cache (default 1; the
+                     results are the same for any number)
   --csv FILE         write policy,capacity,tokens,nll,ppl (replaced only when the run succeeds)
   --plot FILE.png    plot ppl against capacity (needs gnuplot; replaced likewise)
   --help             this text

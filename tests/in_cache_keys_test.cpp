@@ -121,6 +121,26 @@ TEST(InCacheKeys, EvictingTheOldestOrTheNewestRotatesNoKey) {
   EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 3, live), live), 3);
 }
 
+TEST(InCacheKeys, TheEvictionThatResetsTheOffsetCountsEveryKeptKey) {
+  Layer layer(1, 2);  // 3 slots: base passes 3 at the fourth eviction of the oldest
+  auto oldest = [&](Index g, Index live) { return layer.slot_of_rank(g, 0, live); };
+  for (int t = 0; t < 5; ++t) layer.step(oldest);
+  EXPECT_EQ(layer.keys.at_rank(0, 0), 3);
+  layer.table.begin_step();
+  const Index live = layer.table.held();
+  layer.positions.prepare_virtual(layer.keys.rows_needed(live));
+  const Index slot = layer.table.insert_newest(0);
+  layer.keys.put(0, slot, live - 1, &layer.unrotated[0](slot, 0), layer.positions);
+  EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 0, live), live), live - 1);
+  EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, live - 1, live), live), 0);
+  const Index victim = layer.slot_of_rank(0, 0, live);
+  layer.table.remove(0, victim);
+  layer.keys.remove(0, victim, live, layer.unrotated[0], layer.positions);
+  layer.table.end_eviction();
+  EXPECT_EQ(layer.keys.at_rank(0, 0), 0);  // reset to base 0
+  expect_rotated_at_ranks(layer);
+}
+
 TEST(InCacheKeys, ACopyHoldsTheUsedSlotsAndResetForgetsTheOffset) {
   Layer layer(2, 4);
   for (int t = 0; t < 9; ++t) {

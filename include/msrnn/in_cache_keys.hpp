@@ -23,7 +23,8 @@ namespace msrnn {
 /// by one; either those states get u - 1, or the ones below get u + 1 and base grows by one. The
 /// smaller side is re-rotated: none when the oldest or the newest goes (Window, TOVA evicting the
 /// new token), the i sinks for WindowPlusI, at most (live - 1) / 2 keys for any victim. Once base
-/// passes `slots`, every kept key is re-rotated at base 0 (once per `slots` evictions at most), so
+/// passes `slots`, every kept key is re-rotated at base 0 (once per slots + 1 evictions at most,
+/// about one rotation per eviction on average), so
 /// the virtual positions stay below 2 * slots + 1, the rows of the encoder's angle table.
 ///
 /// A rotated key is always computed from the stored unrotated one, at its virtual position: no
@@ -121,17 +122,21 @@ class InCacheKeys {
   }
 
   /// Keys this step's eviction of `slot` re-rotates in KV head g, when its states fill slots
-  /// [0, live) (right after an insert): the fewer of those older and those newer than it.
+  /// [0, live) (right after an insert): the fewer of those older and those newer than it, and
+  /// when base passes `slots` with it, the live - 1 that stay as well.
   Index rotations(Index g, Index slot, Index live) const noexcept {
-    const Index rank = virtual_(g, slot) - base_[static_cast<std::size_t>(g)];
+    const Index base = base_[static_cast<std::size_t>(g)];
+    const Index rank = virtual_(g, slot) - base;
     assert(rank >= 0 && rank < live);
-    return std::min(rank, live - 1 - rank);
+    const bool newer = live - 1 - rank <= rank;
+    const Index side = newer ? live - 1 - rank : rank;
+    return !newer && base + 1 > slots() ? side + live - 1 : side;
   }
 
   /// Drops the state in `slot` of KV head g, whose states fill slots [0, live) (right after an
   /// insert); the others keep their distances to the newest. `unrotated` (slots, head_dim) is the
-  /// KV head's stored keys, the source of every rotation. O(rotations + 1), plus `live` rotations
-  /// once per `slots` calls at most.
+  /// KV head's stored keys, the source of every rotation. O(rotations + 1) while they are fewer
+  /// than live / 8, else O(live) (a scan in memory order).
   void remove(Index g, Index slot, Index live, const RowMatrix& unrotated,
               const PositionEncoder& positions) noexcept {
     assert(g >= 0 && g < n_kv_heads() && slot >= 0 && slot < live && live <= slots());

@@ -30,7 +30,8 @@ enum class PositionMode {
   /// Each kept key is rotated at its rank among the kept states and the query at the rank of the
   /// newest (StreamingLLM), so a model can run past the context it was trained on. The cache keeps
   /// the keys unrotated and, beside them, rotated at their ranks (InCacheKeys: one more key row per
-  /// state; an eviction re-rotates at most half of them, none when the oldest goes).
+  /// state; an eviction re-rotates at most half of them, none when the oldest goes, plus all of
+  /// them once every C + 1 evictions or more).
   in_cache,
 };
 

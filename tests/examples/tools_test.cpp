@@ -118,6 +118,8 @@ TEST(CommandLine, ToolsRejectBadInputWithOneErrorLineAndStatus2) {
                   "sinks = 4: must be smaller than capacity (4)");
   expect_rejected(generate, files + " --policy h2o --capacity 8 --recent 8", "recent = 8");
   expect_rejected(generate, files + " --positions sideways", "--positions: 'sideways'");
+  expect_rejected(generate, files + " --threads 0", "--threads: '0'");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --threads 2000", "--threads");
   expect_rejected(generate, files + " --bogus 1", "unknown flag '--bogus'");
   expect_rejected(generate, files + " --steps", "--steps needs a value");
   expect_rejected(generate, "--model " + kModel + " --tokenizer " + ::testing::TempDir(),
@@ -191,6 +193,33 @@ TEST(CommandLine, PerplexityWritesItsCsv) {
   EXPECT_EQ(table.rfind("policy,capacity,tokens,nll,ppl\nfull,128,254,", 0), 0u) << table;
   EXPECT_TRUE(mentions(table, "\ntova,16,254,"));
   EXPECT_TRUE(mentions(table, "\ntova,32,254,"));
+}
+
+// --threads splits each layer's KV heads over threads; the results are the cache's, bit for bit.
+TEST(CommandLine, ThreadsGiveTheSameTextAndTheSamePerplexity) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  std::string text[2], table[2];
+  for (int threads : {1, 2}) {
+    const std::string t = " --threads " + std::to_string(threads);
+    const Outcome g = run_tool(MSRNN_GENERATE_BIN, files + " --temperature 0 --steps 120" +
+                                                       " --policy tova --capacity 24" +
+                                                       " --positions in_cache" + t);
+    ASSERT_EQ(g.status, 0) << g.err;
+    EXPECT_EQ(mentions(g.err, ", 2 threads)"), threads == 2) << g.err;  // the flag is taken
+    text[threads - 1] = g.out;
+    const std::string csv = dir().file("threads" + std::to_string(threads) + ".csv");
+    const Outcome p = run_tool(MSRNN_PERPLEXITY_BIN,
+                               files + " --text " + kStories + " --chunks 1 --chunk 200" +
+                                   " --policy h2o,tova --capacity 16" + " --csv " + csv + t);
+    ASSERT_EQ(p.status, 0) << p.err;
+    table[threads - 1] = bytes_of(csv);
+  }
+  EXPECT_FALSE(text[0].empty());
+  EXPECT_EQ(text[0], text[1]);
+  EXPECT_TRUE(mentions(table[0], "\ntova,16,199,")) << table[0];
+  EXPECT_EQ(table[0], table[1]);
 }
 
 // A llama2.c checkpoint file of `weights` (header, then the floats in their order).
