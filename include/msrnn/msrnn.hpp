@@ -6,6 +6,7 @@
 #include "msrnn/cache.hpp"
 #include "msrnn/fork_join.hpp"
 #include "msrnn/in_cache_keys.hpp"
+#include "msrnn/kv_type.hpp"
 #include "msrnn/policies/full.hpp"
 #include "msrnn/policies/h2o.hpp"
 #include "msrnn/policies/tova.hpp"
