@@ -15,6 +15,7 @@
 #include "msrnn/attention.hpp"
 #include "msrnn/detail/check.hpp"
 #include "msrnn/detail/select_victim.hpp"
+#include "msrnn/detail/storage.hpp"
 #include "msrnn/fork_join.hpp"
 #include "msrnn/in_cache_keys.hpp"
 #include "msrnn/policy.hpp"
@@ -379,15 +380,6 @@ class MultiStateCache {
   static constexpr Index kDefaultFullReservation = 256;
   static constexpr Index kChunkScratchFloats = Index{1} << 23;  // 32 MiB of probabilities
 
-  // A (rows, cols) matrix holding the first `keep` rows of m; the rest is allocated and left
-  // unwritten, so that it only becomes resident once used.
-  template <class M>
-  static M with_top_rows(const M& m, Index rows, Index cols, Index keep) {
-    M out(rows, cols);
-    if (keep > 0) out.topRows(keep) = m.topRows(keep);
-    return out;
-  }
-
   // One layer: its slot bookkeeping and, beside it, the keys and values it places. Row s of
   // keys[g] and values[g] belongs to slot s of KV head g; only rows [0, table.used()) are written.
   // Keys are stored as given (host positions, in_cache) or rotated at their position (absolute);
@@ -409,8 +401,8 @@ class MultiStateCache {
       values.reserve(other.values.size());
       for (std::size_t g = 0; g < other.keys.size(); ++g) {
         const RowMatrix& k = other.keys[g];
-        keys.push_back(with_top_rows(k, k.rows(), k.cols(), table.used()));
-        values.push_back(with_top_rows(other.values[g], k.rows(), k.cols(), table.used()));
+        keys.push_back(detail::with_top_rows(k, k.rows(), k.cols(), table.used()));
+        values.push_back(detail::with_top_rows(other.values[g], k.rows(), k.cols(), table.used()));
       }
     }
     Layer(Layer&&) noexcept = default;  // the table hands its counters over
@@ -513,8 +505,8 @@ class MultiStateCache {
     for (Layer& layer : layers_) {
       const Index used = layer.table.used();
       for (std::size_t g = 0; g < layer.keys.size(); ++g) {
-        layer.keys[g] = with_top_rows(layer.keys[g], slots, d, used);
-        layer.values[g] = with_top_rows(layer.values[g], slots, d, used);
+        layer.keys[g] = detail::with_top_rows(layer.keys[g], slots, d, used);
+        layer.values[g] = detail::with_top_rows(layer.values[g], slots, d, used);
       }
       layer.table.grow(slots);
       layer.in_cache.grow(slots, used);

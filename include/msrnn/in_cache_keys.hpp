@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "msrnn/detail/storage.hpp"
 #include "msrnn/positions.hpp"
 #include "msrnn/types.hpp"
 
@@ -51,17 +52,13 @@ class InCacheKeys {
   /// Copies the slots [0, used); the copy's others are allocated, unwritten.
   InCacheKeys(const InCacheKeys& other, Index used)
       : head_dim_(other.head_dim_),
-        virtual_(other.virtual_.rows(), other.slots()),
-        order_(other.order_.rows(), other.order_.cols()),
+        virtual_(detail::with_left_cols(other.virtual_, other.slots(), used)),
+        order_(detail::with_left_cols(other.order_, other.order_.cols(), other.ordered(used))),
         base_(other.base_) {
     keys_.reserve(other.keys_.size());
     for (const RowMatrix& k : other.keys_) {
-      keys_.emplace_back(k.rows(), k.cols());
-      if (used > 0) keys_.back().topRows(used) = k.topRows(used);
+      keys_.push_back(detail::with_top_rows(k, k.rows(), k.cols(), used));
     }
-    if (used > 0) virtual_.leftCols(used) = other.virtual_.leftCols(used);
-    const Index ordered = other.ordered(used);
-    if (ordered > 0) order_.leftCols(ordered) = other.order_.leftCols(ordered);
   }
   InCacheKeys(InCacheKeys&&) noexcept = default;
   InCacheKeys& operator=(const InCacheKeys&) = delete;
@@ -93,16 +90,9 @@ class InCacheKeys {
   /// Reallocates to `slots` slots per KV head, keeping [0, used); the rest is unwritten.
   void grow(Index slots, Index used) {
     assert(slots >= used);
-    for (RowMatrix& k : keys_) {
-      RowMatrix grown(slots, head_dim_);
-      if (used > 0) grown.topRows(used) = k.topRows(used);
-      k = std::move(grown);
-    }
-    PositionMatrix grown(virtual_.rows(), slots);
-    if (used > 0) grown.leftCols(used) = virtual_.leftCols(used);
-    PositionMatrix order(order_.rows(), 2 * slots + 1);
-    const Index ordered = this->ordered(used);
-    if (ordered > 0) order.leftCols(ordered) = order_.leftCols(ordered);
+    for (RowMatrix& k : keys_) k = detail::with_top_rows(k, slots, head_dim_, used);
+    PositionMatrix grown = detail::with_left_cols(virtual_, slots, used);
+    PositionMatrix order = detail::with_left_cols(order_, 2 * slots + 1, ordered(used));
     virtual_ = std::move(grown);
     order_ = std::move(order);
   }

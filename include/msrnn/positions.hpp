@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "msrnn/detail/storage.hpp"
 #include "msrnn/rope.hpp"
 #include "msrnn/types.hpp"
 
@@ -30,8 +31,8 @@ class AngleTable {
 
   /// Copies the filled rows; the copy's others are allocated, unwritten.
   AngleTable(const AngleTable& other)
-      : cos_(with_top_rows(other.cos_, other.rows(), other.filled_)),
-        sin_(with_top_rows(other.sin_, other.rows(), other.filled_)),
+      : cos_(detail::with_top_rows(other.cos_, other.rows(), other.cos_.cols(), other.filled_)),
+        sin_(detail::with_top_rows(other.sin_, other.rows(), other.sin_.cols(), other.filled_)),
         filled_(other.filled_) {}
   // `filled` goes with the tables (Eigen's move assignment swaps them: the source gets ours, of
   // which it may count no row).
@@ -55,8 +56,8 @@ class AngleTable {
   void resize(Index rows) {
     const Index keep = std::min(filled_, rows);
     // Assigned, not resized: a bad_alloc leaves the old tables whole.
-    RowMatrix cos = with_top_rows(cos_, rows, keep);
-    RowMatrix sin = with_top_rows(sin_, rows, keep);
+    RowMatrix cos = detail::with_top_rows(cos_, rows, cos_.cols(), keep);
+    RowMatrix sin = detail::with_top_rows(sin_, rows, sin_.cols(), keep);
     cos_ = std::move(cos);
     sin_ = std::move(sin);
     filled_ = keep;
@@ -75,12 +76,6 @@ class AngleTable {
   }
 
  private:
-  static RowMatrix with_top_rows(const RowMatrix& m, Index rows, Index keep) {
-    RowMatrix out(rows, m.cols());
-    if (keep > 0) out.topRows(keep) = m.topRows(keep);
-    return out;
-  }
-
   RowMatrix cos_;  // (rows, head_dim / 2)
   RowMatrix sin_;  // (rows, head_dim / 2)
   Index filled_ = 0;

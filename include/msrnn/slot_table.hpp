@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "msrnn/detail/storage.hpp"
 #include "msrnn/types.hpp"
 
 namespace msrnn {
@@ -52,8 +53,8 @@ class SlotTable {
         seen_(other.seen_),
         used_(other.used_),
         free_slot_(other.free_slot_),
-        position_(with_left_cols(other.position_, other.slots(), used_)),
-        score_(with_left_cols(other.score_, other.slots(), used_)) {}
+        position_(detail::with_left_cols(other.position_, other.slots(), used_)),
+        score_(detail::with_left_cols(other.score_, other.slots(), used_)) {}
 
   /// Hands the counters over with the storage: the moved-from table holds no slot.
   SlotTable(SlotTable&& other) noexcept
@@ -189,21 +190,12 @@ class SlotTable {
   /// Reallocates to `slots` slots per KV head, keeping the used ones; the rest is unwritten.
   void grow(Index slots) {
     assert(slots >= used_);
-    position_ = with_left_cols(position_, slots, used_);
-    score_ = with_left_cols(score_, slots, used_);
+    position_ = detail::with_left_cols(position_, slots, used_);
+    score_ = detail::with_left_cols(score_, slots, used_);
   }
 
  private:
   using PositionMatrix = Eigen::Matrix<Index, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-  // A (m.rows(), cols) matrix holding the first `keep` columns of m; the rest is allocated and
-  // left unwritten, so that it only becomes resident once used.
-  template <class M>
-  static M with_left_cols(const M& m, Index cols, Index keep) {
-    M out(m.rows(), cols);
-    if (keep > 0) out.leftCols(keep) = m.leftCols(keep);
-    return out;
-  }
 
   void put(Index g, Index slot, Index position) noexcept {
     position_(g, slot) = position;
