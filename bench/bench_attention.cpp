@@ -6,18 +6,22 @@
 //
 // Shapes: a Llama-2-7B layer (32 query heads, 32 KV heads, head_dim 128) and a GQA layer (32
 // query heads, 8 KV heads); capacities 256, 1024, 4096, 16384; 1 and 2 threads. Every step runs
-// on a full cache (C states, so C + 1 are attended). The baseline `read` sums the same K/V
-// buffers, so read_bw_fraction = baseline time / step time is the share of the machine's read
-// bandwidth a step reaches. Every policy's benchmark also steps a Window cache of the same shape,
-// alternating with it step by step, so that overhead_vs_window compares steps taken side by side
-// (the machine's noise hits both alike; Window against Window shows what is left of it). With
-// in_cache positions (step/<shape>/<policy>/in_cache/...), the partner is the same policy with
-// absolute positions: vs_absolute is what keeping keys at their rank costs. The CSV has one row per
-// (shape, policy, positions, capacity, threads), medians when repetitions are asked for.
+// on a full cache (C states, so C + 1 are attended), its keys and values stored in each KvType
+// (f32, f16, bf16, q8: step/<shape>/<policy>/<kv_type>/...). The baseline `read/<shape>/<kv_type>`
+// streams as many bytes as that step's stored keys and values (KeyStore::bytes + ValueStore::bytes
+// per KV head, scales included), so read_bw_fraction = baseline time / step time is the share of
+// the machine's read bandwidth a step reaches on the bytes it actually reads. Every policy's
+// benchmark also steps a Window cache of the same shape, alternating with it step by step, so that
+// overhead_vs_window compares steps taken side by side (the machine's noise hits both alike; Window
+// against Window shows what is left of it). With in_cache positions
+// (step/<shape>/<policy>/in_cache/f32/...), the partner is the same policy with absolute positions:
+// vs_absolute is what keeping keys at their rank costs. The CSV has one row per (shape, policy,
+// positions, kv_type, capacity, threads), medians when repetitions are asked for.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -47,10 +51,12 @@ const Index kThreads[] = {1, 2};
 
 // What a benchmark measured, by name (filled at registration, read by the CSV writer).
 struct Case {
-  std::string shape, policy, positions;
+  std::string shape, policy, positions, kv_type;
   Index capacity, threads;
-  double bytes;  // K/V bytes one step reads: 2 * n_kv * (C + 1) * head_dim * 4
+  double bytes;  // K/V bytes one step reads: n_kv * (C + 1) slots of keys and values, as stored
 };
+const msrnn::KvType kKvTypes[] = {msrnn::KvType::f32, msrnn::KvType::f16, msrnn::KvType::bf16,
+                                  msrnn::KvType::q8};
 std::map<std::string, Case>& cases() {
   static std::map<std::string, Case> all;
   return all;
@@ -70,8 +76,10 @@ const RowMatrix& random_matrix(Index rows, Index cols, unsigned seed) {
 }
 
 msrnn::CacheConfig layer_config(const Shape& s, Index capacity, Index threads,
-                                msrnn::PositionMode positions = msrnn::PositionMode::absolute) {
+                                msrnn::PositionMode positions = msrnn::PositionMode::absolute,
+                                msrnn::KvType type = msrnn::KvType::f32) {
   msrnn::CacheConfig config;
+  config.kv_type = type;
   config.positions = positions;
   config.n_q_heads = s.n_q;
   config.n_kv_heads = s.n_kv;
@@ -82,8 +90,12 @@ msrnn::CacheConfig layer_config(const Shape& s, Index capacity, Index threads,
   return config;
 }
 
-double kv_bytes(const Shape& s, Index capacity) {  // one layer: C + 1 slots (the library's formula)
-  return static_cast<double>(msrnn::kv_state_bytes(layer_config(s, capacity, 1), capacity + 1));
+// The key and value bytes a step of one layer reads: C + 1 slots (the library's formula; with
+// in_cache positions the unrotated keys are kept too, but a step reads only the rotated ones).
+double kv_bytes(const Shape& s, Index capacity, msrnn::KvType type) {
+  const msrnn::CacheConfig config =
+      layer_config(s, capacity, 1, msrnn::PositionMode::absolute, type);
+  return static_cast<double>(msrnn::kv_state_bytes(config, capacity + 1));
 }
 
 // One decode step on a cache holding C states, timed alone (manual time), and in alternation
@@ -94,15 +106,16 @@ double kv_bytes(const Shape& s, Index capacity) {  // one layer: C + 1 slots (th
 // steps: it holds between C and C + C/16 + 1 states, ~3% above C on average.
 template <class Policy, class Partner>
 void step_benchmark(benchmark::State& state, Shape s, Index capacity, Index threads,
-                    msrnn::PositionMode positions) {
+                    msrnn::PositionMode positions, msrnn::KvType type) {
   using Clock = std::chrono::steady_clock;
   constexpr bool kFull = !Policy::kEvicts;
   const Index refill_every = std::max<Index>(1, capacity / 16);
   const Index reserved = kFull ? capacity + refill_every + 1 : capacity;
-  msrnn::MultiStateCache<Policy> cache(layer_config(s, reserved, threads, positions));
+  msrnn::MultiStateCache<Policy> cache(layer_config(s, reserved, threads, positions, type));
   // (the same policy as partner holds as many states; Window holds C)
   constexpr bool kSame = std::is_same_v<Policy, Partner>;
-  msrnn::MultiStateCache<Partner> window(layer_config(s, kSame ? reserved : capacity, threads));
+  msrnn::MultiStateCache<Partner> window(
+      layer_config(s, kSame ? reserved : capacity, threads, msrnn::PositionMode::absolute, type));
   const RowMatrix& prompt_k = random_matrix(capacity, s.n_kv * s.d, 1);
   const RowMatrix& prompt_v = random_matrix(capacity, s.n_kv * s.d, 2);
   auto fill = [&] {
@@ -140,42 +153,56 @@ void step_benchmark(benchmark::State& state, Shape s, Index capacity, Index thre
     policy_seconds += mine;
     state.SetIterationTime(mine);
   }
-  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kv_bytes(s, capacity)));
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kv_bytes(s, capacity, type)));
   state.counters["vs_partner"] = policy_seconds / window_seconds;
 }
 
-// The streaming-read baseline: sums the (C + 1, head_dim) keys and values of every KV head,
-// heads split over the threads as a step splits them.
-void read_benchmark(benchmark::State& state, Shape s, Index capacity, Index threads) {
-  std::vector<RowMatrix> buffers;  // [2 * n_kv]: keys then values, (C + 1, head_dim) each
-  const RowMatrix& data = random_matrix(64, s.d, 5);
-  for (Index i = 0; i < 2 * s.n_kv; ++i) {
-    buffers.push_back(data.row(0).replicate(capacity + 1, 1));
-  }
+// The streaming-read baseline: per KV head, a buffer of as many bytes as its stored keys and
+// values (C + 1 slots of `type`), summed as 64-bit words (a sum that costs far less than the
+// read), heads split over the threads as a step splits them.
+void read_benchmark(benchmark::State& state, Shape s, Index capacity, Index threads,
+                    msrnn::KvType type) {
+  const std::size_t words =
+      static_cast<std::size_t>(kv_bytes(s, capacity, type)) / 8 / static_cast<std::size_t>(s.n_kv);
+  std::vector<std::vector<std::uint64_t>> buffers;  // [n_kv]: (words)
+  for (Index g = 0; g < s.n_kv; ++g) buffers.emplace_back(words, static_cast<std::uint64_t>(g));
   msrnn::ForkJoin workers(std::min(threads, s.n_kv));
-  std::vector<float> sums(static_cast<std::size_t>(s.n_kv));
+  std::vector<std::uint64_t> sums(static_cast<std::size_t>(s.n_kv));
   auto head_sum = [&](Index g, Index) noexcept {
-    const auto G = static_cast<std::size_t>(g);
-    sums[G] = buffers[2 * G].sum() + buffers[2 * G + 1].sum();
+    const std::vector<std::uint64_t>& b = buffers[static_cast<std::size_t>(g)];
+    std::uint64_t sum[4] = {0, 0, 0, 0};
+    std::size_t i = 0;
+    for (; i + 4 <= b.size(); i += 4) {
+      for (std::size_t j = 0; j < 4; ++j) sum[j] += b[i + j];
+    }
+    for (; i < b.size(); ++i) sum[0] += b[i];
+    sums[static_cast<std::size_t>(g)] = sum[0] + sum[1] + sum[2] + sum[3];
   };
   for (auto _ : state) {
     workers.run(s.n_kv, head_sum);
     benchmark::DoNotOptimize(sums.data());
     benchmark::ClobberMemory();
   }
-  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kv_bytes(s, capacity)));
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kv_bytes(s, capacity, type)));
+}
+
+std::string read_name(const std::string& shape, const std::string& type, Index capacity,
+                      Index threads) {
+  return "read/" + shape + "/" + type + "/C:" + std::to_string(capacity) +
+         "/threads:" + std::to_string(threads);
 }
 
 template <class Policy>
-void register_step(const Shape& s, Index capacity, Index threads, msrnn::PositionMode positions) {
+void register_step(const Shape& s, Index capacity, Index threads, msrnn::PositionMode positions,
+                   msrnn::KvType type) {
   const bool in_cache = positions == msrnn::PositionMode::in_cache;
   const std::string name = std::string("step/") + s.name + "/" + Policy::kName +
-                           (in_cache ? "/in_cache" : "") + "/C:" + std::to_string(capacity) +
-                           "/threads:" + std::to_string(threads);
-  cases()[name] = {s.name,   Policy::kName, msrnn::to_string(positions),
-                   capacity, threads,       kv_bytes(s, capacity)};
+                           (in_cache ? "/in_cache/" : "/") + msrnn::to_string(type) +
+                           "/C:" + std::to_string(capacity) + "/threads:" + std::to_string(threads);
+  cases()[name] = {s.name,   Policy::kName, msrnn::to_string(positions), msrnn::to_string(type),
+                   capacity, threads,       kv_bytes(s, capacity, type)};
   auto* run = in_cache ? step_benchmark<Policy, Policy> : step_benchmark<Policy, msrnn::Window>;
-  benchmark::RegisterBenchmark(name.c_str(), run, s, capacity, threads, positions)
+  benchmark::RegisterBenchmark(name.c_str(), run, s, capacity, threads, positions, type)
       ->UseManualTime()
       ->Unit(benchmark::kMicrosecond);
 }
@@ -183,8 +210,8 @@ void register_step(const Shape& s, Index capacity, Index threads, msrnn::Positio
 // One step benchmark per policy of the library (every alternative of AnyPolicy).
 template <class... Policy>
 void register_steps(const Shape& s, Index capacity, Index threads, msrnn::PositionMode positions,
-                    std::variant<Policy...>*) {
-  (register_step<Policy>(s, capacity, threads, positions), ...);
+                    msrnn::KvType type, std::variant<Policy...>*) {
+  (register_step<Policy>(s, capacity, threads, positions, type), ...);
 }
 
 void register_all() {
@@ -192,15 +219,24 @@ void register_all() {
   for (const Shape& s : kShapes) {
     for (Index capacity : kCapacities) {
       for (Index threads : kThreads) {
-        const std::string name = std::string("read/") + s.name + "/C:" + std::to_string(capacity) +
-                                 "/threads:" + std::to_string(threads);
-        cases()[name] = {s.name, "read", "", capacity, threads, kv_bytes(s, capacity)};
-        benchmark::RegisterBenchmark(name.c_str(), read_benchmark, s, capacity, threads)
-            ->UseRealTime()
-            ->Unit(benchmark::kMicrosecond);
-        for (auto positions : {msrnn::PositionMode::absolute, msrnn::PositionMode::in_cache}) {
-          register_steps(s, capacity, threads, positions, static_cast<msrnn::AnyPolicy*>(nullptr));
+        // Per precision, the read of its bytes and every policy's step; in_cache in f32 only.
+        for (msrnn::KvType type : kKvTypes) {
+          const std::string name = read_name(s.name, msrnn::to_string(type), capacity, threads);
+          cases()[name] = {s.name,
+                           "read",
+                           "",
+                           msrnn::to_string(type),
+                           capacity,
+                           threads,
+                           kv_bytes(s, capacity, type)};
+          benchmark::RegisterBenchmark(name.c_str(), read_benchmark, s, capacity, threads, type)
+              ->UseRealTime()
+              ->Unit(benchmark::kMicrosecond);
+          register_steps(s, capacity, threads, msrnn::PositionMode::absolute, type,
+                         static_cast<msrnn::AnyPolicy*>(nullptr));
         }
+        register_steps(s, capacity, threads, msrnn::PositionMode::in_cache, msrnn::KvType::f32,
+                       static_cast<msrnn::AnyPolicy*>(nullptr));
       }
     }
   }
@@ -234,19 +270,18 @@ class CollectingReporter : public benchmark::ConsoleReporter {
 
 void write_csv(const std::string& path, const std::map<std::string, Measured>& results) {
   engine::CsvWriter out(
-      path, {"shape", "policy", "positions", "capacity", "threads", "ns_per_step", "gbytes_per_s",
-             "read_bw_fraction", "overhead_vs_window", "in_cache_vs_absolute"});
+      path, {"shape", "policy", "positions", "kv_type", "capacity", "threads", "ns_per_step",
+             "gbytes_per_s", "read_bw_fraction", "overhead_vs_window", "in_cache_vs_absolute"});
   for (const auto& [name, c] : cases()) {
     if (c.policy == "read" || results.count(name) == 0) continue;
     const Measured& m = results.at(name);
-    const auto read = results.find("read/" + c.shape + "/C:" + std::to_string(c.capacity) +
-                                   "/threads:" + std::to_string(c.threads));
+    const auto read = results.find(read_name(c.shape, c.kv_type, c.capacity, c.threads));
     const std::string fraction =
         read != results.end() ? std::to_string(read->second.ns / m.ns) : std::string();
     const bool in_cache = c.positions == "in_cache";
     const std::string ratio = std::to_string(m.vs_partner);
-    out.row(c.shape, c.policy, c.positions, c.capacity, c.threads, m.ns, c.bytes / m.ns, fraction,
-            in_cache ? std::string() : ratio, in_cache ? ratio : std::string());
+    out.row(c.shape, c.policy, c.positions, c.kv_type, c.capacity, c.threads, m.ns, c.bytes / m.ns,
+            fraction, in_cache ? std::string() : ratio, in_cache ? ratio : std::string());
   }
   out.commit();
 }

@@ -85,7 +85,7 @@ struct ModelFiles {
 };
 
 /// The flags both tools take: --model, --tokenizer, and for the cache --sinks, --recent,
-/// --positions, --threads.
+/// --positions, --threads, --kv-type (one type; msrnn-perplexity takes a list itself).
 struct CommonFlags {
   std::string model_path;      // empty: stories260K.bin, found by find_model_file
   std::string tokenizer_path;  // empty: tok512.bin, likewise
@@ -93,6 +93,7 @@ struct CommonFlags {
   Index recent = msrnn::PolicyOptions{}.recent;
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
   Index threads = 1;  // threads sharing a layer's KV heads (CacheConfig::threads)
+  msrnn::KvType kv_type = msrnn::KvType::f32;  // CacheConfig::kv_type
   bool sinks_given = false;
   bool recent_given = false;
 
@@ -112,6 +113,8 @@ struct CommonFlags {
       positions = parse_positions(value);
     } else if (flag == "--threads") {
       threads = parse_int(flag, value, 1, 1024);
+    } else if (flag == "--kv-type") {
+      kv_type = parse_kv_type(value);
     } else {
       return false;
     }
@@ -160,7 +163,11 @@ struct CommonFlags {
   }
 
   CacheSettings settings(const std::string& policy, Index capacity) const {
+    return settings(policy, capacity, kv_type);
+  }
+  CacheSettings settings(const std::string& policy, Index capacity, msrnn::KvType type) const {
     CacheSettings s;
+    s.kv_type = type;
     s.policy.name = policy;
     s.policy.sinks = sinks;
     s.policy.recent = recent;
@@ -187,12 +194,14 @@ inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings
   settings.max_tokens = max_tokens;
   const msrnn::CacheConfig config = cache_config(weights.config, settings);
   const Index requested = config.capacity;
-  // Keys and values of min(C + 1, max_tokens) slots (the library's formula), plus at most 36
-  // bytes of bookkeeping per slot and KV head (position, score; in_cache's virtual positions).
+  // Keys and values of min(C + 1, max_tokens) slots (the library's formula, per slot from 16
+  // of them: keys are stored in blocks of 16), plus at most 36 bytes of bookkeeping per slot and
+  // KV head (position, score; in_cache's virtual positions).
   const Index slots =
       std::min(requested == msrnn::kUnbounded ? requested : requested + 1, max_tokens);
   const double kv_bytes =
-      static_cast<double>(msrnn::kv_state_bytes(config, 1)) * static_cast<double>(slots) +
+      static_cast<double>(msrnn::kv_state_bytes(config, 16)) / 16.0 *
+          static_cast<double>(slots + 16) +
       36.0 * static_cast<double>(config.n_layers * config.n_kv_heads) * static_cast<double>(slots);
   const double memory = physical_memory_bytes();
   if (memory > 0 && kv_bytes > memory) {

@@ -91,6 +91,14 @@ inline msrnn::PositionMode parse_positions(const std::string& text) {
   fail("--positions: '" + text + "' is not absolute or in_cache");
 }
 
+inline msrnn::KvType parse_kv_type(const std::string& text) {
+  for (msrnn::KvType type :
+       {msrnn::KvType::f32, msrnn::KvType::f16, msrnn::KvType::bf16, msrnn::KvType::q8}) {
+    if (text == msrnn::to_string(type)) return type;
+  }
+  fail("--kv-type: '" + text + "' is not f32, f16, bf16 or q8");
+}
+
 /// `usage` with "{policies}" replaced by every policy's name, comma-separated, and
 /// "{policy_list}" by the same as a phrase ("full, window, ... or tova_sink"): the tools' help
 /// never lists the policies by hand.
@@ -99,8 +107,8 @@ inline std::string usage_text(std::string usage) {
   for (std::string_view name : msrnn::kPolicyNames) {
     names += (names.empty() ? "" : ",") + std::string(name);
   }
-  for (const auto& [key, value] :
-       {std::pair<std::string, std::string>{"{policies}", names}, {"{policy_list}", msrnn::policy_list()}}) {
+  for (const auto& [key, value] : {std::pair<std::string, std::string>{"{policies}", names},
+                                   {"{policy_list}", msrnn::policy_list()}}) {
     for (std::size_t at = usage.find(key); at != std::string::npos; at = usage.find(key, at)) {
       usage.replace(at, key.size(), value);
       at += value.size();

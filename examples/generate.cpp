@@ -34,6 +34,8 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
   --positions MODE      absolute or in_cache (default absolute)
   --threads N           threads sharing each layer's KV heads in the cache (default 1;
                         the text is the same for any number)
+  --kv-type TYPE        how the cache stores keys and values: f32, f16, bf16 or q8
+                        (default f32)
   --help                this text
 Flags also take the form --flag=value.
 )";
@@ -119,7 +121,9 @@ int run(int argc, char** argv) {
   }
   const Index threads = model.cache().config().threads;
   if (threads > 1) std::fprintf(stderr, ", %lld threads", static_cast<long long>(threads));
-  std::fprintf(stderr, ")\nKV state: %zu bytes\n", model.cache().state_bytes());
+  std::fprintf(stderr, ")\nKV state: %zu bytes (%s, %s kernels)\n", model.cache().state_bytes(),
+               msrnn::to_string(model.cache().config().kv_type),
+               msrnn::to_string(model.cache().kernels()));
   return 0;
 }
 

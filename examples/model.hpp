@@ -20,6 +20,7 @@ struct CacheSettings {
   Index capacity = -1;          // C; -1 means the model's seq_len
   msrnn::PositionMode positions = msrnn::PositionMode::absolute;
   Index threads = 1;  // threads that share the KV heads of a layer (CacheConfig::threads)
+  msrnn::KvType kv_type = msrnn::KvType::f32;  // how keys and values are stored
   Index max_tokens = 0;  // tokens a sequence has at most, if known (CacheConfig::max_tokens)
 };
 
@@ -35,6 +36,7 @@ inline msrnn::CacheConfig cache_config(const LlamaConfig& c, const CacheSettings
   config.rope = msrnn::Rope(c.head_dim(), 10000.0, msrnn::RopeLayout::interleaved);
   config.positions = s.positions;
   config.threads = s.threads;
+  config.kv_type = s.kv_type;
   if (s.max_tokens > 0) config.max_tokens = s.max_tokens;
   return config;
 }

@@ -46,7 +46,10 @@ Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each
   --positions MODE   absolute or in_cache (default absolute)
   --threads N        threads sharing each layer's KV heads in the cache (default 1; the
                      results are the same for any number)
-  --csv FILE         write policy,capacity,tokens,nll,ppl (replaced only when the run succeeds)
+  --kv-type LIST     comma-separated precisions of the stored keys and values: f32, f16, bf16,
+                     q8 (default f32); every run goes at each
+  --csv FILE         write policy,capacity,tokens,nll,ppl,kv_type (replaced only when the run
+                     succeeds)
   --plot FILE.png    plot ppl against capacity (needs gnuplot; replaced likewise)
   --help             this text
 Flags also take the form --flag=value.
@@ -58,6 +61,7 @@ struct Row {
   Index tokens;
   double nll;  // mean per token, nats
   double ppl;
+  msrnn::KvType kv_type;
 };
 
 // What the flags ask for.
@@ -67,12 +71,20 @@ struct Options {
   long long chunk = 0, chunks = 0;
   std::vector<std::string> policies = cli::all_policies();
   std::vector<Index> capacities = {16, 32, 64, 128, 256};
+  std::vector<msrnn::KvType> kv_types = {msrnn::KvType::f32};
   bool capacity_given = false;
 };
 
 Options parse_options(int argc, char** argv) {
   Options o;
   cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
+    if (flag == "--kv-type") {
+      o.kv_types.clear();
+      for (const std::string& type : cli::parse_list(flag, value)) {
+        o.kv_types.push_back(cli::parse_kv_type(type));
+      }
+      return true;
+    }
     if (o.common.take(flag, value)) return true;
     if (flag == "--text")
       o.text_path = value;
@@ -185,17 +197,20 @@ Index chunk_length(const Options& o, const LlamaConfig& config) {
 struct Run {
   std::string policy;
   Index capacity;
+  msrnn::KvType kv_type;
 };
 
-// Every bounded policy at every capacity, full once (at the chunk length).
+// At each precision, every bounded policy at every capacity, full once (at the chunk length).
 std::vector<Run> plan_runs(const Options& o, Index chunk_len) {
   std::vector<Run> runs;
-  for (const std::string& policy : o.policies) {
-    if (!msrnn::policy_evicts(policy)) {
-      runs.push_back({policy, chunk_len});
-      continue;
+  for (msrnn::KvType type : o.kv_types) {
+    for (const std::string& policy : o.policies) {
+      if (!msrnn::policy_evicts(policy)) {
+        runs.push_back({policy, chunk_len, type});
+        continue;
+      }
+      for (Index c : o.capacities) runs.push_back({policy, c, type});
     }
-    for (Index c : o.capacities) runs.push_back({policy, c});
   }
   return runs;
 }
@@ -231,15 +246,17 @@ Row evaluate(LlamaModel& model, const Run& run, const std::vector<int>& stream, 
   }
   if (progress) std::fprintf(stderr, "\r\033[K");
   const double mean = nll / static_cast<double>(count);
-  return {run.policy, run.capacity, count, mean, std::exp(mean)};
+  return {run.policy, run.capacity, count, mean, std::exp(mean), run.kv_type};
 }
 
 void write_csv(CsvWriter& csv, const std::vector<Row>& rows) {
-  for (const Row& r : rows) csv.row(r.policy, r.capacity, r.tokens, r.nll, r.ppl);
+  for (const Row& r : rows) {
+    csv.row(r.policy, r.capacity, r.tokens, r.nll, r.ppl, msrnn::to_string(r.kv_type));
+  }
 }
 
-// ppl against capacity (log x), one line per bounded policy, full as a horizontal line, into
-// `out` (committed by the caller).
+// ppl against capacity (log x), one line per bounded policy (and precision, when there are
+// several), full as a horizontal line (one per precision), into `out` (committed by the caller).
 void plot(const AtomicOutput& out, const std::string& path, const std::vector<Row>& rows,
           const std::string& title) {
   std::ostringstream script;
@@ -247,26 +264,34 @@ void plot(const AtomicOutput& out, const std::string& path, const std::vector<Ro
          << "set title '" << gnuplot_text(title) << "' noenhanced\nset logscale x 2\n"
          << "set xlabel 'multi-state size (capacity)'\nset ylabel 'perplexity'\nset key top right\n"
          << "set grid\n";
-  std::vector<std::string> policies;
-  double full = -1.0;
+  const bool typed = std::any_of(rows.begin(), rows.end(),
+                                 [&](const Row& r) { return r.kv_type != rows.front().kv_type; });
+  auto series = [&](const Row& r) {
+    return typed ? r.policy + " " + msrnn::to_string(r.kv_type) : r.policy;
+  };
+  std::vector<std::string> lines;
+  std::vector<std::pair<std::string, double>> fulls;
   for (const Row& r : rows) {
     if (r.policy == "full")
-      full = r.ppl;
-    else if (std::find(policies.begin(), policies.end(), r.policy) == policies.end())
-      policies.push_back(r.policy);
+      fulls.emplace_back(series(r), r.ppl);
+    else if (std::find(lines.begin(), lines.end(), series(r)) == lines.end())
+      lines.push_back(series(r));
   }
   script << "plot ";
   bool first = true;
-  for (const std::string& p : policies) {
-    script << (first ? "" : ", ") << "'-' using 1:2 with linespoints title '" << p << "'";
+  for (const std::string& line : lines) {
+    script << (first ? "" : ", ") << "'-' using 1:2 with linespoints title '" << line << "'";
     first = false;
   }
-  if (full > 0)
-    script << (first ? "" : ", ") << full << " with lines dashtype 2 lc rgb 'black' title 'full'";
+  for (const auto& [name, ppl] : fulls) {
+    script << (first ? "" : ", ") << ppl << " with lines dashtype 2 lc rgb 'black' title '" << name
+           << "'";
+    first = false;
+  }
   script << "\n";
-  for (const std::string& p : policies) {
+  for (const std::string& line : lines) {
     for (const Row& r : rows) {
-      if (r.policy == p) script << r.capacity << ' ' << r.ppl << '\n';
+      if (series(r) == line) script << r.capacity << ' ' << r.ppl << '\n';
     }
     script << "e\n";
   }
@@ -292,18 +317,20 @@ int run(int argc, char** argv) {
   const std::vector<Run> runs = plan_runs(o, chunk_len);
   // Every model first, so that a bad option fails before any work.
   for (const Run& r : runs) {
-    cli::make_model(weights, o.common.settings(r.policy, r.capacity), max_tokens);
+    cli::make_model(weights, o.common.settings(r.policy, r.capacity, r.kv_type), max_tokens);
   }
 
   std::vector<Row> rows;
-  std::printf("%-9s %9s %9s %10s %10s\n", "policy", "capacity", "tokens", "nll/token", "ppl");
+  std::printf("%-9s %9s %9s %10s %10s %7s\n", "policy", "capacity", "tokens", "nll/token", "ppl",
+              "kv_type");
   for (std::size_t r = 0; r < runs.size(); ++r) {
-    LlamaModel model =
-        cli::make_model(weights, o.common.settings(runs[r].policy, runs[r].capacity), max_tokens);
+    LlamaModel model = cli::make_model(
+        weights, o.common.settings(runs[r].policy, runs[r].capacity, runs[r].kv_type), max_tokens);
     rows.push_back(evaluate(model, runs[r], stream, chunk_len, n_chunks, r, runs.size()));
-    std::printf("%-9s %9lld %9lld %10.4f %10.3f\n", rows.back().policy.c_str(),
+    std::printf("%-9s %9lld %9lld %10.4f %10.3f %7s\n", rows.back().policy.c_str(),
                 static_cast<long long>(rows.back().capacity),
-                static_cast<long long>(rows.back().tokens), rows.back().nll, rows.back().ppl);
+                static_cast<long long>(rows.back().tokens), rows.back().nll, rows.back().ppl,
+                msrnn::to_string(rows.back().kv_type));
     cli::check_stdout();
   }
   // Both outputs are finished before either replaces what was there: a failed plot leaves an
@@ -312,7 +339,7 @@ int run(int argc, char** argv) {
   std::optional<AtomicOutput> image;
   if (!o.csv_path.empty()) {
     csv.emplace(o.csv_path, std::initializer_list<std::string_view>{"policy", "capacity", "tokens",
-                                                                    "nll", "ppl"});
+                                                                    "nll", "ppl", "kv_type"});
     write_csv(*csv, rows);
   }
   if (!o.plot_path.empty()) {

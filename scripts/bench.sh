@@ -29,7 +29,7 @@ if [ "$smoke" = 1 ]; then
   "$build/bench/bench_attention" --benchmark_filter='/C:256/' --benchmark_min_time=0.001 \
     --csv "$results/attention_smoke.csv"
   policies=$("$build/examples/msrnn-perplexity" --help | sed -n 's/.*comma-separated: \([a-z0-9_,]*\).*/\1/p' | tr ',' '\n' | wc -l)
-  test "$(wc -l < "$results/attention_smoke.csv")" -eq $((1 + 2 * policies * 2 * 2))  # 2 shapes, 2 thread counts, 2 position modes
+  test "$(wc -l < "$results/attention_smoke.csv")" -eq $((1 + 2 * policies * 2 * 5))  # 2 shapes, 2 thread counts, 4 precisions + in_cache
   "$build/bench/bench_decoder" --positions 64,128 --tokens 2 --csv "$results/decoder_smoke.csv"
   test "$(wc -l < "$results/decoder_smoke.csv")" -eq $((1 + policies * 2))  # 2 positions
   "$build/bench/bench_engine" --repeats 1 --rounds 1

@@ -59,6 +59,12 @@ TEST(CacheConfig, BadValuesThrowNamingTheParameterAndValue) {
   c.n_layers = -1;
   EXPECT_TRUE(mentions(message(c), "n_layers = -1"));
   c = good;
+  c.kv_type = static_cast<KvType>(9);
+  EXPECT_TRUE(mentions(message(c), "kv_type = 9")) << message(c);
+  c = good;
+  c.kernels = static_cast<Kernels>(7);
+  EXPECT_TRUE(mentions(message(c), "kernels = 7")) << message(c);
+  c = good;
   c.head_dim = 0;
   EXPECT_TRUE(mentions(message(c), "head_dim = 0"));
   EXPECT_TRUE(mentions(message(good, WindowPlusI{16}), "sinks = 16"));
@@ -518,8 +524,53 @@ TEST(MultiStateCache, StepNeverThrowsWithValidArguments) {
 TEST(MultiStateCache, StateBytesCountKeysAndValuesOfEverySlot) {
   MultiStateCache<TOVA> cache(small_config(8, 4, 16, 100, 3));
   EXPECT_EQ(cache.slots(), 101);  // C + 1: the incoming token before its eviction
-  EXPECT_EQ(cache.state_bytes(), std::size_t{3} * 4 * 101 * 16 * 2 * sizeof(float));
+  // 3 layers, 4 KV heads: keys and values in whole blocks of 16 slots (112 for 101).
+  EXPECT_EQ(cache.state_bytes(), std::size_t{3} * 4 * (112 + 112) * 16 * sizeof(float));
   EXPECT_EQ(cache.capacity(), 100);
+  // The stored precision: 2 bytes a value (f16, bf16), 1 and a float scale per row (q8).
+  for (KvType type : {KvType::f16, KvType::bf16, KvType::q8}) {
+    CacheConfig config = small_config(8, 4, 16, 100, 3);
+    config.kv_type = type;
+    const std::size_t row = type == KvType::q8 ? 16 + 4 : 16 * 2;
+    EXPECT_EQ(MultiStateCache<TOVA>(config).state_bytes(), std::size_t{3} * 4 * (112 + 112) * row)
+        << to_string(type);
+  }
+}
+
+TEST(MultiStateCache, EveryKernelVariantTheCpuHasGivesTheSameStepsWithinFloatTolerance) {
+  for (KvType type : {KvType::f32, KvType::f16, KvType::bf16, KvType::q8}) {
+    CacheConfig config = small_config(8, 2, 40, 12, 1);
+    config.rope = Rope(40);
+    config.kv_type = type;
+    config.kernels = Kernels::portable;
+    MultiStateCache<TOVA> portable(config);
+    EXPECT_EQ(portable.kernels(), Kernels::portable);
+    for (Kernels variant : {Kernels::automatic, Kernels::avx2, Kernels::avx512}) {
+      config.kernels = variant;
+      if (!kernels_available(variant)) {
+        const std::string message =
+            invalid_argument_message([&] { MultiStateCache<TOVA> c(config); });
+        EXPECT_TRUE(mentions(message, std::string("kernels = ") + to_string(variant))) << message;
+        continue;
+      }
+      MultiStateCache<TOVA> cache(config);
+      EXPECT_EQ(cache.kernels(), variant == Kernels::automatic ? best_kernels() : variant);
+      MultiStateCache<TOVA> reference = portable.copy();
+      reference.reset();
+      const RowMatrix q = random_matrix(60, 8 * 40, 1), kv = random_matrix(60, 2 * 2 * 40, 2);
+      RowMatrix got(8, 40), want(8, 40);
+      for (Index t = 0; t < 60; ++t) {
+        const Eigen::Map<const RowMatrix> qt(q.row(t).data(), 8, 40);
+        const Eigen::Map<const RowMatrix> kt(kv.row(t).data(), 2, 40);
+        const Eigen::Map<const RowMatrix> vt(kv.row(t).data() + 80, 2, 40);
+        cache.step(0, qt, kt, vt, got);
+        reference.step(0, qt, kt, vt, want);
+        ASSERT_TRUE(got.isApprox(want, 1e-5f))
+            << to_string(variant) << " " << to_string(type) << " token " << t;
+        ASSERT_EQ(cache.kept_positions(0, 1), reference.kept_positions(0, 1));
+      }
+    }
+  }
 }
 
 TEST(MultiStateCache, FullGrowsPastItsReservationAndKeepsEverything) {

@@ -87,8 +87,12 @@ enum class Positions { host, absolute, in_cache, in_cache_half_split };
 const Positions kPositions[] = {Positions::host, Positions::absolute, Positions::in_cache,
                                 Positions::in_cache_half_split};
 
-CacheConfig make_config(const Shape& s, Index capacity, Positions positions, Index n_layers = 2) {
+const KvType kKvTypes[] = {KvType::f32, KvType::f16, KvType::bf16, KvType::q8};
+
+CacheConfig make_config(const Shape& s, Index capacity, Positions positions, Index n_layers = 2,
+                        KvType type = KvType::f32) {
   CacheConfig config = small_config(s.n_q, s.n_kv, s.d, capacity, n_layers);
+  config.kv_type = type;
   if (positions != Positions::host) {
     config.rope = Rope(s.d, 10000.0,
                        positions == Positions::in_cache_half_split ? RopeLayout::half_split
@@ -243,6 +247,51 @@ TYPED_TEST(EveryPolicy, InCachePositionsAgreeWithTheReferenceAlongALongStream) {
   }
 }
 
+// Every precision against the reference that stores keys and values the same way (its own
+// conversions, tests/reference): the same kept states, and outputs within 1e-4, well below what
+// the precision itself changes (checked: the f32 cache's outputs differ by more). With in_cache
+// positions that holds until the first eviction; after it a kept key is stored rotated at a
+// virtual position other than its rank (InCacheKeys) and so rounded otherwise than the reference
+// rounds it at its rank: the outputs then agree to the size of the precision's own rounding.
+TYPED_TEST(EveryPolicy, EveryPrecisionAgreesWithAReferenceThatStoresAlike) {
+  constexpr Index kCapacity = 6;
+  constexpr Index kTokens = 40;
+  for (const PolicyOptions& options : variants<TypeParam>()) {
+    for (KvType type : {KvType::f16, KvType::bf16, KvType::q8}) {
+      for (Positions positions : kPositions) {
+        SCOPED_TRACE(describe(options) + " " + to_string(type) +
+                     " positions=" + std::to_string(static_cast<int>(positions)));
+        const CacheConfig config = make_config({4, 2, 8}, kCapacity, positions, 1, type);
+        CacheConfig f32_config = config;
+        f32_config.kv_type = KvType::f32;
+        MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
+        MultiStateCache<TypeParam> f32(f32_config, make<TypeParam>(options));
+        MaskedReference reference(config, options);
+        const Stream s = make_stream(config, kTokens, 23);
+        const bool in_cache = config.positions == PositionMode::in_cache && config.rope;
+        const double rounding = type == KvType::f16 ? 2e-3 : type == KvType::bf16 ? 1.5e-2 : 3e-2;
+        double from_f32 = 0.0;
+        for (Index t = 0; t < kTokens; ++t) {
+          const RowMatrix outs = step_token(cache, s, t);
+          from_f32 =
+              std::max<double>(from_f32, (outs - step_token(f32, s, t)).cwiseAbs().maxCoeff());
+          const std::vector<double> want =
+              reference.step(0, s.q[0].row(t).data(), s.k[0].row(t).data(), s.v[0].row(t).data());
+          const double tolerance = in_cache && t >= kCapacity ? rounding : 1e-4;
+          for (Index i = 0; i < outs.cols(); ++i) {
+            ASSERT_NEAR(outs(0, i), want[static_cast<std::size_t>(i)], tolerance)
+                << "token " << t << " entry " << i;
+          }
+          for (Index g = 0; g < config.n_kv_heads; ++g) {
+            ASSERT_EQ(cache.kept_positions(0, g), reference.kept(0, g)) << "token " << t;
+          }
+        }
+        EXPECT_GT(from_f32, 3e-4) << "the precision changed nothing the test could see";
+      }
+    }
+  }
+}
+
 TYPED_TEST(EveryPolicy, NeverHoldsMoreThanCapacityAndKeepsItsInvariant) {
   constexpr Index kCapacity = 7;
   constexpr Index kTokens = 60;
@@ -275,13 +324,15 @@ TYPED_TEST(EveryPolicy, EqualsFullExactlyWhenCapacityCoversTheSequence) {
   for (const PolicyOptions& options : variants<TypeParam>()) {
     for (Positions positions : kPositions) {
       // C equal to the sequence, and larger (other slot counts, other row strides).
-      for (Index capacity : {kTokens, 3 * kTokens + 1}) {
+      for (int run = 0; run < 8; ++run) {
+        const Index capacity = run % 2 == 0 ? kTokens : 3 * kTokens + 1;
+        const KvType type = kKvTypes[run / 2];  // every precision
         SCOPED_TRACE(describe(options) +
                      " positions=" + std::to_string(static_cast<int>(positions)) +
-                     " C=" + std::to_string(capacity));
-        const CacheConfig config = make_config({4, 2, 8}, capacity, positions);
+                     " C=" + std::to_string(capacity) + " " + to_string(type));
+        const CacheConfig config = make_config({4, 2, 8}, capacity, positions, 2, type);
         MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
-        MultiStateCache<Full> full(make_config({4, 2, 8}, 1, positions));  // grows from 1 slot
+        MultiStateCache<Full> full(make_config({4, 2, 8}, 1, positions, 2, type));  // grows
         const Stream s = make_stream(config, kTokens, 13);
         for (Index t = 0; t < kTokens; ++t) {
           const RowMatrix got = step_token(cache, s, t);
@@ -292,7 +343,7 @@ TYPED_TEST(EveryPolicy, EqualsFullExactlyWhenCapacityCoversTheSequence) {
 
         // The chunk path too: a whole prompt at once.
         MultiStateCache<TypeParam> chunked(config, make<TypeParam>(options));
-        MultiStateCache<Full> full_chunked(make_config({4, 2, 8}, 1, positions));
+        MultiStateCache<Full> full_chunked(make_config({4, 2, 8}, 1, positions, 2, type));
         for (Index l = 0; l < config.n_layers; ++l) {
           const auto L = static_cast<std::size_t>(l);
           RowMatrix got(kTokens, config.n_q_heads * config.head_dim);
@@ -346,11 +397,15 @@ TYPED_TEST(EveryPolicy, ChunkPathMatchesTokenByToken) {
   for (const PolicyOptions& options : variants<TypeParam>()) {
     for (Positions positions : kPositions) {
       for (Index prompt : {Index{3}, kCapacity, 3 * kCapacity + 2}) {
-        for (const std::vector<Index>& pieces : splits) {
-          SCOPED_TRACE(
-              describe(options) + " positions=" + std::to_string(static_cast<int>(positions)) +
-              " prompt=" + std::to_string(prompt) + " pieces=" + std::to_string(pieces.size()));
-          CacheConfig config = make_config({4, 2, 8}, kCapacity, positions);
+        for (std::size_t run = 0; run < 2 * splits.size(); ++run) {
+          const std::vector<Index>& pieces = splits[run % splits.size()];
+          // f32 for every split, and one other precision per split
+          const KvType type = run < splits.size() ? KvType::f32 : kKvTypes[1 + run % 3];
+          SCOPED_TRACE(describe(options) +
+                       " positions=" + std::to_string(static_cast<int>(positions)) +
+                       " prompt=" + std::to_string(prompt) +
+                       " pieces=" + std::to_string(pieces.size()) + " " + to_string(type));
+          CacheConfig config = make_config({4, 2, 8}, kCapacity, positions, 2, type);
           config.max_chunk = 4;  // also split by the cache itself
           MultiStateCache<TypeParam> chunked(config, make<TypeParam>(options));
           MultiStateCache<TypeParam> stepped(config, make<TypeParam>(options));

@@ -22,15 +22,16 @@ struct Layer {
   Rope rope{kHeadDim};
   PositionEncoder positions{rope, PositionMode::in_cache};
   SlotTable table;
-  std::vector<RowMatrix> unrotated;  // (n_kv_heads): (slots, head_dim)
+  std::vector<KeyStore> unrotated;  // (n_kv_heads): (slots, head_dim)
   InCacheKeys keys;
   std::uint32_t seed = 1;
 
-  Layer(Index n_kv_heads, Index capacity_)
-      : capacity(capacity_),
-        table(n_kv_heads, capacity_ + 1),
-        unrotated(static_cast<std::size_t>(n_kv_heads), RowMatrix(capacity_ + 1, kHeadDim)),
-        keys(n_kv_heads, kHeadDim) {
+  Layer(Index n_kv_heads, Index capacity_, KvType type = KvType::f32)
+      : capacity(capacity_), table(n_kv_heads, capacity_ + 1), keys(n_kv_heads, kHeadDim, type) {
+    for (Index g = 0; g < n_kv_heads; ++g) {
+      unrotated.emplace_back(type, kHeadDim);
+      unrotated.back().grow(capacity + 1, 0);
+    }
     keys.grow(capacity + 1, 0);
     positions.resize_virtual(capacity + 1);
   }
@@ -42,9 +43,9 @@ struct Layer {
     positions.prepare_virtual(keys.rows_needed(live));
     for (Index g = 0; g < table.n_kv_heads(); ++g) {
       const Index slot = table.insert_newest(g);
-      RowMatrix& k = unrotated[static_cast<std::size_t>(g)];
-      k.row(slot) = testing::random_matrix(1, kHeadDim, seed++);
-      keys.put(g, slot, live - 1, &k(slot, 0), positions);
+      KeyStore& k = unrotated[static_cast<std::size_t>(g)];
+      k.write(slot, testing::random_matrix(1, kHeadDim, seed++).data());
+      keys.put(g, slot, live - 1, k, positions);
     }
     if (live > capacity) {
       for (Index g = 0; g < table.n_kv_heads(); ++g) {
@@ -65,8 +66,23 @@ struct Layer {
   }
 };
 
-// Every held key is its unrotated key rotated, bit for bit, at base + its rank among the kept, and
-// the virtual positions stay inside the angle table.
+// Slot s of a store as floats, (1, head_dim).
+RowMatrix row_of(const KeyStore& store, Index s) {
+  RowMatrix row(1, store.head_dim());
+  store.read(s, row.data());
+  return row;
+}
+
+// x as a key store of `type` holds it (converted and read back).
+RowMatrix stored_as(KvType type, const RowMatrix& x) {
+  KeyStore store(type, x.cols());
+  store.grow(1, 0);
+  store.write(0, x.data());
+  return row_of(store, 0);
+}
+
+// Every held key is its unrotated key (as stored) rotated, bit for bit, at base + its rank among
+// the kept and stored in the same type, and the virtual positions stay inside the angle table.
 void expect_rotated_at_ranks(const Layer& layer) {
   for (Index g = 0; g < layer.table.n_kv_heads(); ++g) {
     const std::vector<Index> kept = layer.table.kept_positions(g);
@@ -78,9 +94,10 @@ void expect_rotated_at_ranks(const Layer& layer) {
       const Index u = layer.keys.virtual_position(g, s);
       ASSERT_EQ(u, layer.keys.at_rank(g, rank)) << "head " << g << " slot " << s;
       ASSERT_LT(u, 2 * layer.table.slots() + 1);
-      RowMatrix want = layer.unrotated[static_cast<std::size_t>(g)].row(s);
+      RowMatrix want = row_of(layer.unrotated[static_cast<std::size_t>(g)], s);
       layer.rope.rotate(want, u);
-      ASSERT_TRUE(layer.keys.keys(g).row(s) == want.row(0)) << "head " << g << " slot " << s;
+      want = stored_as(layer.keys.keys(g).type(), want);
+      ASSERT_TRUE(row_of(layer.keys.keys(g), s) == want) << "head " << g << " slot " << s;
     }
   }
 }
@@ -88,10 +105,13 @@ void expect_rotated_at_ranks(const Layer& layer) {
 TEST(InCacheKeys, KeysStayRotatedAtTheirRanksThroughEvictionsAndRebases) {
   // Victims anywhere (random per head), the oldest, the newest, and a sink's: 400 steps of a
   // capacity of 5 pass base = slots many times.
+  // Every storage type: the rotated copies are rotated from the stored keys and stored alike.
   std::mt19937 rng(7);
-  for (int kind = 0; kind < 4; ++kind) {
-    SCOPED_TRACE("victims " + std::to_string(kind));
-    Layer layer(3, 5);
+  for (int i = 0; i < 16; ++i) {
+    const int kind = i % 4;
+    const auto type = static_cast<KvType>(i / 4);
+    SCOPED_TRACE("victims " + std::to_string(kind) + ", " + to_string(type));
+    Layer layer(3, 5, type);
     for (int t = 0; t < 400; ++t) {
       layer.step([&](Index g, Index live) {
         const Index rank = kind == 0   ? std::uniform_int_distribution<Index>(0, live - 1)(rng)
@@ -113,7 +133,7 @@ TEST(InCacheKeys, EvictingTheOldestOrTheNewestRotatesNoKey) {
   const Index live = layer.table.held();
   layer.positions.prepare_virtual(layer.keys.rows_needed(live));
   const Index slot = layer.table.insert_newest(0);
-  layer.keys.put(0, slot, live - 1, &layer.unrotated[0](slot, 0), layer.positions);
+  layer.keys.put(0, slot, live - 1, layer.unrotated[0], layer.positions);
   EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 0, live), live), 0);
   EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, live - 1, live), live), 0);
   EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 2, live), live), 2);
@@ -130,7 +150,7 @@ TEST(InCacheKeys, TheEvictionThatResetsTheOffsetCountsEveryKeptKey) {
   const Index live = layer.table.held();
   layer.positions.prepare_virtual(layer.keys.rows_needed(live));
   const Index slot = layer.table.insert_newest(0);
-  layer.keys.put(0, slot, live - 1, &layer.unrotated[0](slot, 0), layer.positions);
+  layer.keys.put(0, slot, live - 1, layer.unrotated[0], layer.positions);
   EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, 0, live), live), live - 1);
   EXPECT_EQ(layer.keys.rotations(0, layer.slot_of_rank(0, live - 1, live), live), 0);
   const Index victim = layer.slot_of_rank(0, 0, live);
@@ -152,7 +172,7 @@ TEST(InCacheKeys, ACopyHoldsTheUsedSlotsAndResetForgetsTheOffset) {
     EXPECT_EQ(copy.at_rank(g, 0), layer.keys.at_rank(g, 0));
     for (Index s = 0; s < layer.table.used(); ++s) {
       EXPECT_EQ(copy.virtual_position(g, s), layer.keys.virtual_position(g, s));
-      EXPECT_TRUE(copy.keys(g).row(s) == layer.keys.keys(g).row(s));
+      EXPECT_TRUE(row_of(copy.keys(g), s) == row_of(layer.keys.keys(g), s));
     }
   }
   layer.keys.reset();

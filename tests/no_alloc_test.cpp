@@ -78,10 +78,13 @@ TEST(NoAllocation, BoundedStepsNeverAllocate) {
     for (Index n_kv : {2, 8}) {  // 4 query heads per KV head (matrix products), and 1 (vectors)
       for (PositionMode mode : {PositionMode::absolute, PositionMode::in_cache}) {
         for (std::string_view kind : kPolicyNames) {
-          if (!policy_evicts(kind)) continue;  // Full grows
-          for (Index threads : {1, 2}) {  // the workers must not allocate either
-            for (bool token_rows : {false, true}) {
+          if (!policy_evicts(kind)) continue;    // Full grows
+          for (Index threads : {1, 2}) {         // the workers must not allocate either
+            for (int run = 0; run < 4; ++run) {  // token rows or not; every precision
+              const bool token_rows = run % 2 == 1;
+              const auto type = static_cast<KvType>((run + (head_dim == 8 ? 0 : 2)) % 4);
               CacheConfig config = small_config(8, n_kv, head_dim, 300, 2);
+              config.kv_type = type;
               config.rope = Rope(head_dim);
               config.positions = mode;
               config.threads = threads;
@@ -93,8 +96,9 @@ TEST(NoAllocation, BoundedStepsNeverAllocate) {
               const RowMatrix k = random_matrix(tokens, n_kv * head_dim, 2);
               const RowMatrix v = random_matrix(tokens, n_kv * head_dim, 3);
               EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens, token_rows), 0)
-                  << kind << " head_dim " << head_dim << " n_kv " << n_kv << " "
-                  << to_string(mode) << " threads " << threads << " token_rows " << token_rows;
+                  << kind << " head_dim " << head_dim << " n_kv " << n_kv << " " << to_string(mode)
+                  << " threads " << threads << " token_rows " << token_rows << " "
+                  << to_string(type);
               EXPECT_EQ(cache.size(1), 300);
             }
           }

@@ -18,6 +18,9 @@
 #include "msrnn/detail/storage.hpp"
 #include "msrnn/fork_join.hpp"
 #include "msrnn/in_cache_keys.hpp"
+#include "msrnn/kernels.hpp"
+#include "msrnn/kv_store.hpp"
+#include "msrnn/kv_type.hpp"
 #include "msrnn/policy.hpp"
 #include "msrnn/positions.hpp"
 #include "msrnn/rope.hpp"
@@ -70,18 +73,28 @@ struct CacheConfig {
   /// bit for bit for any number; more threads than KV heads leave the extra ones idle. Each thread
   /// has its own scratch (attention probabilities; up to 32 MiB during a long `step_chunk`).
   Index threads = 1;
+  /// How the keys and values are stored: f32 as given, f16, bf16, or q8 (int8 and a float scale
+  /// per row). Keys are converted after their rotation (absolute positions), unrotated (in_cache:
+  /// and the copy rotated at its rank as well); values as given; once, at insert. Queries,
+  /// scores, softmax and sums stay float32.
+  KvType kv_type = KvType::f32;
+  /// The decode kernels' vector unit; automatic picks this CPU's best once, at construction
+  /// (kernels.hpp). Forcing one the CPU lacks is an error.
+  Kernels kernels = Kernels::automatic;
 };
 
 /// Bytes of key and value storage for `slots` slots per layer and KV head of `config`:
-/// n_layers * n_kv_heads * slots * head_dim * 4 * rows, rows = 2 (a key and a value), 3 with
-/// in_cache positions (which keep each key also rotated at its rank, see InCacheKeys). What
-/// `state_bytes()` reports; a bounded cache has C + 1 slots, or min(C + 1, max_tokens). The one
-/// formula the tools and benchmarks use.
+/// n_layers * n_kv_heads * (KeyStore::bytes + ValueStore::bytes), plus another KeyStore with
+/// in_cache positions (which keep each key also rotated at its rank, see InCacheKeys): about
+/// slots * head_dim * 2 values of config.kv_type (3 in_cache), keys in whole blocks of 16 slots,
+/// q8 scales included. What `state_bytes()` reports; a bounded cache has C + 1 slots, or
+/// min(C + 1, max_tokens). The one formula the tools and benchmarks use.
 inline std::size_t kv_state_bytes(const CacheConfig& config, Index slots) noexcept {
   const bool in_cache = config.rope && config.positions == PositionMode::in_cache;
+  const std::size_t keys = KeyStore::bytes(config.kv_type, config.head_dim, slots);
+  const std::size_t values = ValueStore::bytes(config.kv_type, config.head_dim, slots);
   return static_cast<std::size_t>(config.n_layers) * static_cast<std::size_t>(config.n_kv_heads) *
-         static_cast<std::size_t>(slots) * static_cast<std::size_t>(config.head_dim) *
-         (in_cache ? 3 : 2) * sizeof(float);
+         (keys * (in_cache ? 2 : 1) + values);
 }
 
 /// The KV cache of a decoder-only transformer as the multi-state of a bounded RNN
@@ -149,6 +162,18 @@ class MultiStateCache {
         "must be PositionMode::absolute or PositionMode::in_cache");
     require(config.rope.has_value() || config.positions == PositionMode::absolute, "positions",
             to_string(config.positions), "needs a rope (set CacheConfig::rope)");
+    require(config.kv_type == KvType::f32 || config.kv_type == KvType::f16 ||
+                config.kv_type == KvType::bf16 || config.kv_type == KvType::q8,
+            "kv_type", static_cast<int>(config.kv_type), "must be f32, f16, bf16 or q8");
+    require(config.kernels == Kernels::automatic || config.kernels == Kernels::portable ||
+                config.kernels == Kernels::avx2 || config.kernels == Kernels::avx512,
+            "kernels", static_cast<int>(config.kernels),
+            "must be automatic, portable, avx2 or avx512");
+    require(kernels_available(config.kernels), "kernels", to_string(config.kernels),
+            std::string("this CPU does not have them (the best it has: ") +
+                to_string(best_kernels()) + ")");
+    kernels_ = detail::kernel_set(config.kernels);
+    kernels_used_ = config.kernels == Kernels::automatic ? best_kernels() : config.kernels;
     const float default_scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
     scale_ = config.scale.value_or(default_scale);
     require(std::isfinite(scale_) && scale_ > 0.0f, "scale", scale_,
@@ -175,18 +200,22 @@ class MultiStateCache {
                                                   : config.capacity;
     if (config.max_tokens)
       slots = evicts ? std::min(slots, *config.max_tokens) : *config.max_tokens;
-    require(static_cast<double>(kv_state_bytes(config, 1)) * static_cast<double>(slots) < 0x1p62,
-            "capacity", config.capacity, "the key/value storage would need more than 2^62 bytes");
+    require(
+        static_cast<double>(kv_state_bytes(config, 16)) / 16.0 * static_cast<double>(slots + 16) <
+            0x1p62,
+        "capacity", config.capacity, "the key/value storage would need more than 2^62 bytes");
 
     group_ = config.n_q_heads / config.n_kv_heads;
     q_.setZero(config.n_q_heads, config.head_dim);
     // (throws std::system_error if a thread cannot start, after joining the started ones)
     workers_ = ForkJoin(std::min(config.threads, config.n_kv_heads));
     scratch_.resize(static_cast<std::size_t>(workers_.threads()));
+    for (Scratch& scratch : scratch_) scratch.key = RowVector(config.head_dim);
     positions_ = PositionEncoder(config.rope, config.positions);
     layers_.reserve(static_cast<std::size_t>(config.n_layers));
     for (Index l = 0; l < config.n_layers; ++l) {
-      layers_.emplace_back(config.n_kv_heads, config.head_dim, positions_.in_cache());
+      layers_.emplace_back(config.n_kv_heads, config.head_dim, config.kv_type,
+                           positions_.in_cache());
     }
     resize_slots(slots);
   }
@@ -349,6 +378,8 @@ class MultiStateCache {
   // ---- introspection ----------------------------------------------------------------------
 
   const CacheConfig& config() const noexcept { return config_; }
+  /// The decode kernels this cache runs (config().kernels, automatic resolved).
+  Kernels kernels() const noexcept { return kernels_used_; }
   const Policy& policy() const noexcept { return policy_; }
   /// C; kUnbounded for Full; 0 for a moved-from cache.
   Index capacity() const noexcept { return constructed_ ? capacity_ : 0; }
@@ -371,9 +402,8 @@ class MultiStateCache {
                     "must be in [0, " + std::to_string(config_.n_kv_heads) + ")");
     return layers_[static_cast<std::size_t>(layer)].table.kept_positions(kv_head);
   }
-  /// Bytes of key and value storage, `kv_state_bytes(config(), slots())`: n_layers * n_kv_heads *
-  /// slots * head_dim * 4 * (2, or 3 with in_cache positions) (allocated; resident as slots are
-  /// used).
+  /// Bytes of key and value storage in config().kv_type, `kv_state_bytes(config(), slots())`
+  /// (allocated; resident as slots are used).
   std::size_t state_bytes() const noexcept { return kv_state_bytes(config_, slots()); }
 
  private:
@@ -386,23 +416,25 @@ class MultiStateCache {
   // in_cache keeps them rotated at their rank, too.
   struct Layer {
     SlotTable table;
-    std::vector<RowMatrix> keys;    // (n_kv_heads): (slots, head_dim)
-    std::vector<RowMatrix> values;  // (n_kv_heads): (slots, head_dim)
-    InCacheKeys in_cache;           // in_cache positions only: (n_kv_heads) (slots, head_dim)
+    std::vector<KeyStore> keys;      // (n_kv_heads): (slots, head_dim) in kv_type
+    std::vector<ValueStore> values;  // (n_kv_heads): (slots, head_dim) in kv_type
+    InCacheKeys in_cache;            // in_cache positions only: (n_kv_heads) (slots, head_dim)
 
-    Layer(Index n_kv_heads, Index head_dim, bool in_cache_positions)
+    Layer(Index n_kv_heads, Index head_dim, KvType type, bool in_cache_positions)
         : table(n_kv_heads, 0),
-          keys(static_cast<std::size_t>(n_kv_heads)),
-          values(static_cast<std::size_t>(n_kv_heads)),
-          in_cache(in_cache_positions ? InCacheKeys(n_kv_heads, head_dim) : InCacheKeys()) {}
+          in_cache(in_cache_positions ? InCacheKeys(n_kv_heads, head_dim, type) : InCacheKeys()) {
+      for (Index g = 0; g < n_kv_heads; ++g) {
+        keys.emplace_back(type, head_dim);
+        values.emplace_back(type, head_dim);
+      }
+    }
     // Copies the rows in use; the copy's others are allocated, unwritten.
     Layer(const Layer& other) : table(other.table), in_cache(other.in_cache, other.table.used()) {
       keys.reserve(other.keys.size());
       values.reserve(other.values.size());
       for (std::size_t g = 0; g < other.keys.size(); ++g) {
-        const RowMatrix& k = other.keys[g];
-        keys.push_back(detail::with_top_rows(k, k.rows(), k.cols(), table.used()));
-        values.push_back(detail::with_top_rows(other.values[g], k.rows(), k.cols(), table.used()));
+        keys.emplace_back(other.keys[g], table.used());
+        values.emplace_back(other.values[g], table.used());
       }
     }
     Layer(Layer&&) noexcept = default;  // the table hands its counters over
@@ -415,17 +447,23 @@ class MultiStateCache {
   // `step` never allocates; the chunk part grows on first use. Every use writes what it reads,
   // so a copy gets the room, not the contents.
   struct Scratch {
-    RowMatrix probs;        // (group, slots) attention probabilities of one KV head
-    RowVector layer_score;  // (slots) calling thread only: per-layer scores summed over KV heads
-    RowMatrix chunk_probs;  // (group * t, >= live), rows a multiple of 16 floats long
-    RowMatrix chunk_out;    // (group * t, head_dim)
+    RowMatrix probs;         // (group, slots) attention probabilities of one KV head
+    RowVector layer_score;   // (slots) calling thread only: per-layer scores summed over KV heads
+    RowMatrix chunk_probs;   // (group * t, >= live), rows a multiple of 16 floats long
+    RowMatrix chunk_out;     // (group * t, head_dim)
+    RowMatrix chunk_keys;    // (>= live, head_dim) a KV head's keys as floats, for the products
+    RowMatrix chunk_values;  // (>= live, head_dim)
+    RowVector key;           // (head_dim) a key being rotated before it is stored
 
     Scratch() = default;
     Scratch(const Scratch& other)
         : probs(other.probs.rows(), other.probs.cols()),
           layer_score(other.layer_score.size()),
           chunk_probs(other.chunk_probs.rows(), other.chunk_probs.cols()),
-          chunk_out(other.chunk_out.rows(), other.chunk_out.cols()) {}
+          chunk_out(other.chunk_out.rows(), other.chunk_out.cols()),
+          chunk_keys(other.chunk_keys.rows(), other.chunk_keys.cols()),
+          chunk_values(other.chunk_values.rows(), other.chunk_values.cols()),
+          key(other.key.size()) {}
     Scratch(Scratch&&) = default;
     Scratch& operator=(const Scratch&) = delete;
     Scratch& operator=(Scratch&&) = default;
@@ -501,12 +539,11 @@ class MultiStateCache {
   // Sets the number of slots per layer and KV head (construction, Full's growth), keeping the
   // slots in use. Allocates without writing: a slot's memory becomes resident when it is used.
   void resize_slots(Index slots) {
-    const Index d = config_.head_dim;
     for (Layer& layer : layers_) {
       const Index used = layer.table.used();
       for (std::size_t g = 0; g < layer.keys.size(); ++g) {
-        layer.keys[g] = detail::with_top_rows(layer.keys[g], slots, d, used);
-        layer.values[g] = detail::with_top_rows(layer.values[g], slots, d, used);
+        layer.keys[g].grow(slots, used);
+        layer.values[g].grow(slots, used);
       }
       layer.table.grow(slots);
       layer.in_cache.grow(slots, used);
@@ -537,17 +574,19 @@ class MultiStateCache {
 
   // Writes one token's key and value (head_dim floats each) into row `slot` of KV head g, where
   // the slot table has just put its state of rank `rank`, and encodes the key's position:
-  // absolute, rotated by `angles` (its position's); in_cache, a copy rotated at its rank (angles
-  // prepared).
+  // absolute, rotated by `angles` (its position's) before it is stored; in_cache, stored as given
+  // and a copy rotated at its rank (angles prepared). `key` (head_dim) is the thread's scratch.
   void write_kv(Layer& layer, Index g, Index slot, Index rank, Angles angles, const float* k,
-                const float* v) noexcept {
-    const Index d = config_.head_dim;
+                const float* v, RowVector& key) noexcept {
     const auto gi = static_cast<std::size_t>(g);
-    RowMatrix& keys = layer.keys[gi];
-    keys.row(slot) = Eigen::Map<const RowVector>(k, d);
-    if (positions_.absolute()) positions_.rotate(&keys(slot, 0), angles);
-    if (positions_.in_cache()) layer.in_cache.put(g, slot, rank, k, positions_);
-    layer.values[gi].row(slot) = Eigen::Map<const RowVector>(v, d);
+    if (positions_.absolute()) {
+      positions_.rotate(k, key.data(), angles);
+      layer.keys[gi].write(slot, key.data());
+    } else {
+      layer.keys[gi].write(slot, k);
+    }
+    if (positions_.in_cache()) layer.in_cache.put(g, slot, rank, layer.keys[gi], positions_);
+    layer.values[gi].write(slot, v);
   }
 
   // Puts one token's state at `position` into slot held() of every KV head (see SlotTable::push)
@@ -558,7 +597,7 @@ class MultiStateCache {
     const Index slot = layer.table.held();
     const Angles angles = positions_.absolute() ? positions_.at_position(position) : Angles{};
     for (Index g = 0; g < config_.n_kv_heads; ++g) {
-      write_kv(layer, g, slot, slot, angles, k + g * d, v + g * d);
+      write_kv(layer, g, slot, slot, angles, k + g * d, v + g * d, scratch_.front().key);
     }
     layer.table.push(position);
     return angles;
@@ -578,7 +617,7 @@ class MultiStateCache {
 
   // The keys KV head g attends over, rows [0, live) valid: the stored ones, or in in_cache mode
   // those rotated at their rank.
-  const RowMatrix& attended_keys(const Layer& layer, Index g) const noexcept {
+  const KeyStore& attended_keys(const Layer& layer, Index g) const noexcept {
     return positions_.in_cache() ? layer.in_cache.keys(g) : layer.keys[static_cast<std::size_t>(g)];
   }
 
@@ -614,16 +653,17 @@ class MultiStateCache {
     // per-head policy also chooses its victim here. Each head writes only its own rows.
     auto head_step = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
-      write_kv(layer, g, table.insert_newest(g), live - 1, angles, row_data(k, g), row_data(v, g));
+      write_kv(layer, g, table.insert_newest(g), live - 1, angles, row_data(k, g), row_data(v, g),
+               scratch.key);
       const Angles query = query_angles(layer, g, live - 1, angles);
       for (Index h = g * group_; h < (g + 1) * group_; ++h) {
         q_.row(h) = q.row(h);
         encode_query(&q_(h, 0), query);
       }
       auto probs = scratch.probs.topLeftCorner(group_, live);
-      attend(q_.middleRows(g * group_, group_), attended_keys(layer, g).topRows(live),
-             layer.values[static_cast<std::size_t>(g)].topRows(live), scale_, probs,
-             out.middleRows(g * group_, group_));
+      attend_stored(kernels_, q_.middleRows(g * group_, group_), attended_keys(layer, g),
+                    layer.values[static_cast<std::size_t>(g)], live, scale_, probs,
+                    out.middleRows(g * group_, group_));
       if constexpr (P::kNeedsProbabilities) {
         policy.observe(g, probs, 1, table.scores().row(g).head(live));
       }
@@ -717,6 +757,10 @@ class MultiStateCache {
     for (Scratch& scratch : scratch_) {
       if (scratch.chunk_out.rows() < rows)
         scratch.chunk_out = RowMatrix(rows, d);  // (rows, head_dim)
+      if (scratch.chunk_keys.rows() < live) {
+        scratch.chunk_keys = RowMatrix(padded(live), d);  // (>= live, head_dim)
+        scratch.chunk_values = RowMatrix(padded(live), d);
+      }
       if (scratch.chunk_probs.rows() < rows || scratch.chunk_probs.cols() < live) {
         scratch.chunk_probs = RowMatrix(std::max(rows, scratch.chunk_probs.rows()),
                                         padded(live));  // (rows, >= live)
@@ -739,9 +783,13 @@ class MultiStateCache {
     auto head_prefill = [&](Index g, Index worker) noexcept {
       Scratch& scratch = scratch_[static_cast<std::size_t>(worker)];
       auto probs = scratch.chunk_probs.topLeftCorner(rows, live);
-      attend_causal(chunk_q_.middleRows(g * rows, rows), attended_keys(layer, g).topRows(live),
-                    layer.values[static_cast<std::size_t>(g)].topRows(live), scale_, before, group_,
-                    probs, scratch.chunk_out.topRows(rows));
+      // The products take floats: the stored keys and values as they read back (so a chunk sees
+      // the states a step would).
+      attended_keys(layer, g).read_rows(live, scratch.chunk_keys);
+      layer.values[static_cast<std::size_t>(g)].read_rows(live, scratch.chunk_values);
+      attend_causal(chunk_q_.middleRows(g * rows, rows), scratch.chunk_keys.topRows(live),
+                    scratch.chunk_values.topRows(live), scale_, before, group_, probs,
+                    scratch.chunk_out.topRows(rows));
       for (Index i = 0; i < n; ++i) {
         for (Index r = 0; r < group_; ++r) {
           out.row(i).segment((g * group_ + r) * d, d) = scratch.chunk_out.row(i * group_ + r);
@@ -768,8 +816,10 @@ class MultiStateCache {
   std::vector<Scratch> scratch_;  // (threads)
   // Shared scratch, written before the heads split or after they join (or per head's rows).
   PositionEncoder positions_;  // the rope and the angles of every rotation
-  RowMatrix q_;                // (n_q_heads, head_dim) queries with positions encoded
-  RowMatrix chunk_q_;          // (n_q_heads * t, head_dim) step_chunk: queries grouped by KV head
+  detail::KernelSet kernels_;  // the decode kernels, chosen at construction
+  Kernels kernels_used_ = Kernels::portable;
+  RowMatrix q_;        // (n_q_heads, head_dim) queries with positions encoded
+  RowMatrix chunk_q_;  // (n_q_heads * t, head_dim) step_chunk: queries grouped by KV head
 };
 
 /// A cache whose policy is chosen at run time (command-line tools): `AnyCache cache(config,

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "msrnn/detail/storage.hpp"
+#include "msrnn/kv_store.hpp"
+#include "msrnn/kv_type.hpp"
 #include "msrnn/positions.hpp"
 #include "msrnn/types.hpp"
 
@@ -28,10 +30,11 @@ namespace msrnn {
 /// about one rotation per eviction on average), so
 /// the virtual positions stay below 2 * slots + 1, the rows of the encoder's angle table.
 ///
-/// A rotated key is always computed from the stored unrotated one, at its virtual position: no
-/// error accumulates, and until the first eviction (base 0) the keys are those rotated at their
-/// ranks bit for bit. After it, scores equal those at ranks up to float rounding (the two rotations
-/// of a score are by other angles with the same difference).
+/// A rotated key is always computed from the stored unrotated one (as it reads back in the cache's
+/// KvType), at its virtual position, and stored in the same KvType: no error accumulates, and until
+/// the first eviction (base 0) the keys are those rotated at their ranks bit for bit. After it,
+/// scores equal those at ranks up to float rounding (the two rotations of a score are by other
+/// angles with the same difference).
 ///
 /// Costs: one more key matrix per KV head (`kv_state_bytes` counts it), a virtual position per slot
 /// and a slot per virtual position (3 Index per slot), which make an eviction cost its rotations
@@ -41,24 +44,25 @@ class InCacheKeys {
  public:
   /// Keys of no KV head (a cache without in_cache positions).
   InCacheKeys() = default;
-  /// Keys of n_kv_heads heads of head_dim, with no slot until `grow`.
-  InCacheKeys(Index n_kv_heads, Index head_dim)
+  /// Keys of n_kv_heads heads of head_dim stored as `type`, with no slot until `grow`.
+  InCacheKeys(Index n_kv_heads, Index head_dim, KvType type = KvType::f32)
       : head_dim_(head_dim),
-        keys_(static_cast<std::size_t>(n_kv_heads), RowMatrix(0, head_dim)),
+        rows_(2 * n_kv_heads, head_dim),
         virtual_(n_kv_heads, 0),
         order_(n_kv_heads, 1),
-        base_(static_cast<std::size_t>(n_kv_heads), 0) {}
+        base_(static_cast<std::size_t>(n_kv_heads), 0) {
+    for (Index g = 0; g < n_kv_heads; ++g) keys_.emplace_back(type, head_dim);
+  }
 
   /// Copies the slots [0, used); the copy's others are allocated, unwritten.
   InCacheKeys(const InCacheKeys& other, Index used)
       : head_dim_(other.head_dim_),
+        rows_(other.rows_.rows(), other.rows_.cols()),
         virtual_(detail::with_left_cols(other.virtual_, other.slots(), used)),
         order_(detail::with_left_cols(other.order_, other.order_.cols(), other.ordered(used))),
         base_(other.base_) {
     keys_.reserve(other.keys_.size());
-    for (const RowMatrix& k : other.keys_) {
-      keys_.push_back(detail::with_top_rows(k, k.rows(), k.cols(), used));
-    }
+    for (const KeyStore& k : other.keys_) keys_.emplace_back(k, used);
   }
   InCacheKeys(InCacheKeys&&) noexcept = default;
   InCacheKeys& operator=(const InCacheKeys&) = delete;
@@ -68,8 +72,8 @@ class InCacheKeys {
   Index n_kv_heads() const noexcept { return static_cast<Index>(base_.size()); }
   Index slots() const noexcept { return virtual_.cols(); }
 
-  /// (slots, head_dim) KV head g's keys, row s rotated at the virtual position of slot s.
-  const RowMatrix& keys(Index g) const noexcept {
+  /// (slots, head_dim) KV head g's keys, slot s rotated at the virtual position of slot s.
+  const KeyStore& keys(Index g) const noexcept {
     assert(g >= 0 && g < n_kv_heads());
     return keys_[static_cast<std::size_t>(g)];
   }
@@ -90,7 +94,7 @@ class InCacheKeys {
   /// Reallocates to `slots` slots per KV head, keeping [0, used); the rest is unwritten.
   void grow(Index slots, Index used) {
     assert(slots >= used);
-    for (RowMatrix& k : keys_) k = detail::with_top_rows(k, slots, head_dim_, used);
+    for (KeyStore& k : keys_) k.grow(slots, used);
     PositionMatrix grown = detail::with_left_cols(virtual_, slots, used);
     PositionMatrix order = detail::with_left_cols(order_, 2 * slots + 1, ordered(used));
     virtual_ = std::move(grown);
@@ -100,15 +104,12 @@ class InCacheKeys {
   /// Forgets the offsets (a new sequence); writes no key.
   void reset() noexcept { std::fill(base_.begin(), base_.end(), Index{0}); }
 
-  /// Puts the key of a state of rank `rank` (head_dim unrotated floats) into `slot` of KV head g,
-  /// rotated at its virtual position (prepared in `positions`).
-  void put(Index g, Index slot, Index rank, const float* key,
+  /// Puts the key of a state of rank `rank` into `slot` of KV head g, rotated at its virtual
+  /// position (prepared in `positions`) from `unrotated` (the KV head's stored keys, slot written).
+  void put(Index g, Index slot, Index rank, const KeyStore& unrotated,
            const PositionEncoder& positions) noexcept {
     assert(g >= 0 && g < n_kv_heads() && slot >= 0 && slot < slots());
-    const Index u = at_rank(g, rank);
-    virtual_(g, slot) = u;
-    order_(g, u) = slot;
-    positions.rotate(key, &keys_[static_cast<std::size_t>(g)](slot, 0), positions.at_virtual(u));
+    move(g, slot, at_rank(g, rank), unrotated, positions);
   }
 
   /// Keys this step's eviction of `slot` re-rotates in KV head g, when its states fill slots
@@ -124,10 +125,10 @@ class InCacheKeys {
   }
 
   /// Drops the state in `slot` of KV head g, whose states fill slots [0, live) (right after an
-  /// insert); the others keep their distances to the newest. `unrotated` (slots, head_dim) is the
-  /// KV head's stored keys, the source of every rotation. O(rotations + 1) while they are fewer
+  /// insert); the others keep their distances to the newest. `unrotated` is the KV head's stored
+  /// keys, the source of every rotation. O(rotations + 1) while they are fewer
   /// than live / 8, else O(live) (a scan in memory order).
-  void remove(Index g, Index slot, Index live, const RowMatrix& unrotated,
+  void remove(Index g, Index slot, Index live, const KeyStore& unrotated,
               const PositionEncoder& positions) noexcept {
     assert(g >= 0 && g < n_kv_heads() && slot >= 0 && slot < live && live <= slots());
     Index& base = base_[static_cast<std::size_t>(g)];
@@ -180,19 +181,23 @@ class InCacheKeys {
 
   // The state in `slot` of KV head g goes to virtual position `to`: its unrotated key rotated
   // there. (Its old position's entry in order_ is left stale: it is overwritten or unused.)
-  void move(Index g, Index slot, Index to, const RowMatrix& unrotated,
+  void move(Index g, Index slot, Index to, const KeyStore& unrotated,
             const PositionEncoder& positions) noexcept {
     order_(g, to) = slot;
     virtual_(g, slot) = to;
-    positions.rotate(&unrotated(slot, 0), &keys_[static_cast<std::size_t>(g)](slot, 0),
-                     positions.at_virtual(to));
+    float* source = &rows_(2 * g, 0);
+    float* rotated = &rows_(2 * g + 1, 0);
+    unrotated.read(slot, source);
+    positions.rotate(source, rotated, positions.at_virtual(to));
+    keys_[static_cast<std::size_t>(g)].write(slot, rotated);
   }
 
   Index head_dim_ = 0;
-  std::vector<RowMatrix> keys_;  // (n_kv_heads): (slots, head_dim) rotated at virtual positions
-  PositionMatrix virtual_;       // (n_kv_heads, slots) each slot's virtual position
-  PositionMatrix order_;         // (n_kv_heads, 2 * slots + 1) the slot at each virtual position
-  std::vector<Index> base_;      // (n_kv_heads) the virtual position of rank 0
+  std::vector<KeyStore> keys_;  // (n_kv_heads): (slots, head_dim) rotated at virtual positions
+  RowMatrix rows_;              // (2 * n_kv_heads, head_dim) per head: a key read back, rotated
+  PositionMatrix virtual_;      // (n_kv_heads, slots) each slot's virtual position
+  PositionMatrix order_;        // (n_kv_heads, 2 * slots + 1) the slot at each virtual position
+  std::vector<Index> base_;     // (n_kv_heads) the virtual position of rank 0
 };
 
 }  // namespace msrnn

@@ -36,6 +36,20 @@ inline const char* to_string(KvType type) noexcept {
   return "?";
 }
 
+/// Bytes of one stored value (without q8's row scale): 4, 2 (f16, bf16), 1 (q8).
+constexpr std::size_t kv_value_bytes(KvType type) noexcept {
+  switch (type) {
+    case KvType::f32:
+      return 4;
+    case KvType::f16:
+    case KvType::bf16:
+      return 2;
+    case KvType::q8:
+      return 1;
+  }
+  return 0;
+}
+
 /// Bytes of one stored row of n values: 4n, 2n (f16, bf16), n + 4 (q8: the values and the scale).
 constexpr std::size_t kv_row_bytes(KvType type, Index n) noexcept {
   const auto values = static_cast<std::size_t>(n);
@@ -123,26 +137,33 @@ inline float bf16_to_f32(std::uint16_t b) noexcept {
   return detail::bits_float(static_cast<std::uint32_t>(b) << 16);
 }
 
-/// Quantizes a row of n floats to int8: returns scale = max|x| / 127 and writes q[i] =
-/// round(x[i] / scale) (ties away from zero), in [-127, 127]. A row of zeros gets scale 0 and
-/// zeros; a row holding inf or NaN gets scale NaN and zeros, so it reads back as NaN and no value
-/// of it reaches another row.
-inline float quantize_q8(const float* x, Index n, std::int8_t* q) noexcept {
+/// The q8 scale of a row of n floats: max|x| / 127; 0 for a row of zeros; NaN for a row holding
+/// inf or NaN (its values are then stored as 0, so it reads back as NaN and reaches no other row).
+inline float q8_scale(const float* x, Index n) noexcept {
   float amax = 0.0f;
   bool finite = true;
   for (Index i = 0; i < n; ++i) {
     finite = finite && std::isfinite(x[i]);
     amax = std::max(amax, std::fabs(x[i]));
   }
-  if (!finite || amax == 0.0f) {
-    for (Index i = 0; i < n; ++i) q[i] = 0;
-    return finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
-  }
-  const float scale = amax / 127.0f;
-  for (Index i = 0; i < n; ++i) {
-    const float r = std::round(x[i] / scale);
-    q[i] = static_cast<std::int8_t>(std::min(127.0f, std::max(-127.0f, r)));
-  }
+  if (!finite) return std::numeric_limits<float>::quiet_NaN();
+  return amax == 0.0f ? 0.0f : amax / 127.0f;
+}
+
+/// The q8 code of x in a row of `scale` (q8_scale): round(x / scale), ties away from zero, in
+/// [-127, 127]; 0 when the scale is 0 or NaN.
+inline std::int8_t q8_code(float x, float scale) noexcept {
+  if (!(scale > 0.0f)) return 0;
+  const float r = std::round(x / scale);
+  return static_cast<std::int8_t>(std::min(127.0f, std::max(-127.0f, r)));
+}
+
+/// Quantizes a row of n floats to int8: returns scale = q8_scale(x, n) and writes q[i] =
+/// q8_code(x[i], scale). A row of zeros gets scale 0 and zeros; a row holding inf or NaN gets
+/// scale NaN and zeros.
+inline float quantize_q8(const float* x, Index n, std::int8_t* q) noexcept {
+  const float scale = q8_scale(x, n);
+  for (Index i = 0; i < n; ++i) q[i] = q8_code(x[i], scale);
   return scale;
 }
 

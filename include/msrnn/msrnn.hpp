@@ -6,6 +6,8 @@
 #include "msrnn/cache.hpp"
 #include "msrnn/fork_join.hpp"
 #include "msrnn/in_cache_keys.hpp"
+#include "msrnn/kernels.hpp"
+#include "msrnn/kv_store.hpp"
 #include "msrnn/kv_type.hpp"
 #include "msrnn/policies/full.hpp"
 #include "msrnn/policies/h2o.hpp"

@@ -119,6 +119,8 @@ TEST(CommandLine, ToolsRejectBadInputWithOneErrorLineAndStatus2) {
   expect_rejected(generate, files + " --policy h2o --capacity 8 --recent 8", "recent = 8");
   expect_rejected(generate, files + " --positions sideways", "--positions: 'sideways'");
   expect_rejected(generate, files + " --threads 0", "--threads: '0'");
+  expect_rejected(generate, files + " --kv-type f8", "--kv-type: 'f8' is not f32, f16, bf16 or q8");
+  expect_rejected(perplexity, files + " --text " + kTokenizer + " --kv-type f16,int4", "'int4'");
   expect_rejected(perplexity, files + " --text " + kTokenizer + " --threads 2000", "--threads");
   expect_rejected(generate, files + " --bogus 1", "unknown flag '--bogus'");
   expect_rejected(generate, files + " --steps", "--steps needs a value");
@@ -190,7 +192,7 @@ TEST(CommandLine, PerplexityWritesItsCsv) {
                                          " --policy full,tova --capacity 16,32 --csv " + csv);
   ASSERT_EQ(o.status, 0) << o.err;
   const std::string table = bytes_of(csv);
-  EXPECT_EQ(table.rfind("policy,capacity,tokens,nll,ppl\nfull,128,254,", 0), 0u) << table;
+  EXPECT_EQ(table.rfind("policy,capacity,tokens,nll,ppl,kv_type\nfull,128,254,", 0), 0u) << table;
   EXPECT_TRUE(mentions(table, "\ntova,16,254,"));
   EXPECT_TRUE(mentions(table, "\ntova,32,254,"));
 }
@@ -220,6 +222,38 @@ TEST(CommandLine, ThreadsGiveTheSameTextAndTheSamePerplexity) {
   EXPECT_EQ(text[0], text[1]);
   EXPECT_TRUE(mentions(table[0], "\ntova,16,199,")) << table[0];
   EXPECT_EQ(table[0], table[1]);
+}
+
+// --kv-type: the tools store the cache in each precision; perplexity takes a list and says which
+// precision each row is; 16 bits change the perplexity a little, not at all nothing.
+TEST(CommandLine, KvTypeStoresTheStateInEachPrecision) {
+  REQUIRE_SHARED_FILE(kModel);
+  REQUIRE_SHARED_FILE(kStories);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  const Outcome g32 = run_tool(MSRNN_GENERATE_BIN, files + " --temperature 0 --steps 60" +
+                                                       " --policy tova --capacity 24");
+  const Outcome g8 = run_tool(MSRNN_GENERATE_BIN, files + " --temperature 0 --steps 60" +
+                                                      " --policy tova --capacity 24 --kv-type q8");
+  ASSERT_EQ(g32.status, 0) << g32.err;
+  ASSERT_EQ(g8.status, 0) << g8.err;
+  EXPECT_TRUE(mentions(g8.err, "(q8, ")) << g8.err;
+  EXPECT_TRUE(mentions(g32.err, "(f32, ")) << g32.err;
+  const std::string csv = dir().file("kv_types.csv");
+  const Outcome p = run_tool(MSRNN_PERPLEXITY_BIN,
+                             files + " --text " + kStories + " --chunks 1 --chunk 200" +
+                                 " --policy tova --capacity 16 --kv-type f32,f16,q8 --csv " + csv);
+  ASSERT_EQ(p.status, 0) << p.err;
+  const std::string table = bytes_of(csv);
+  std::vector<double> ppl;
+  for (const char* type : {",f32\n", ",f16\n", ",q8\n"}) {
+    const std::size_t end = table.find(type);
+    ASSERT_NE(end, std::string::npos) << type << " in " << table;
+    const std::size_t start = table.rfind(',', end - 1) + 1;
+    ppl.push_back(std::stod(table.substr(start, end - start)));
+  }
+  EXPECT_NE(ppl[1], ppl[0]);
+  EXPECT_NEAR(ppl[1], ppl[0], 0.01 * ppl[0]);  // f16: within 1%
+  EXPECT_NEAR(ppl[2], ppl[0], 0.05 * ppl[0]);  // q8: within 5%
 }
 
 // A llama2.c checkpoint file of `weights` (header, then the floats in their order).
@@ -276,7 +310,7 @@ TEST(CommandLine, TheCsvIsReplacedOnlyByASuccessfulRun) {
   EXPECT_EQ(bytes_of(csv), "an earlier result\n");
   const Outcome ok = run_tool(MSRNN_PERPLEXITY_BIN, files + " --policy window --capacity 16");
   ASSERT_EQ(ok.status, 0) << ok.err;
-  EXPECT_EQ(bytes_of(csv).rfind("policy,capacity,tokens,nll,ppl\nwindow,16,63,", 0), 0u)
+  EXPECT_EQ(bytes_of(csv).rfind("policy,capacity,tokens,nll,ppl,kv_type\nwindow,16,63,", 0), 0u)
       << bytes_of(csv);
   struct stat info {};
   ASSERT_EQ(::stat(csv.c_str(), &info), 0);

@@ -34,6 +34,7 @@ class MaskedReference {
       interleaved_ = config.rope->layout() == RopeLayout::interleaved;
       in_cache_ = config.positions == PositionMode::in_cache;
     }
+    type_ = config.kv_type;
   }
 
   // One token of one layer: q (n_q * d), k and v (n_kv * d), raw (the reference encodes
@@ -43,6 +44,12 @@ class MaskedReference {
     const Index t = static_cast<Index>(L.keys.size());
     L.keys.emplace_back(k, k + n_kv_ * d_);
     L.values.emplace_back(v, v + n_kv_ * d_);
+    // Stored as the cache stores them: values as given, keys unrotated (no rope, in_cache) or
+    // rotated first (absolute, below).
+    for (Index g = 0; g < n_kv_; ++g) {
+      store(L.values.back().data() + g * d_);
+      if (!rope_ || in_cache_) store(L.keys.back().data() + g * d_);
+    }
     L.kept.resize(static_cast<std::size_t>(n_kv_));
     L.acc.resize(static_cast<std::size_t>(n_kv_));
     for (Index g = 0; g < n_kv_; ++g) {
@@ -67,6 +74,7 @@ class MaskedReference {
           const float* raw = L.keys[static_cast<std::size_t>(p)].data() + g * d_;
           std::vector<double> key(raw, raw + d_);
           encode(key, in_cache_ ? i : p);
+          if (rope_) key = stored(key);  // the rotated key, stored as well
           double dot = 0.0;
           for (Index j = 0; j < d_; ++j)
             dot += query[static_cast<std::size_t>(j)] * key[static_cast<std::size_t>(j)];
@@ -110,6 +118,45 @@ class MaskedReference {
       if (mask[p]) positions.push_back(static_cast<Index>(p));
     }
     return positions;
+  }
+
+  // A row of d values in the cache's storage type, converted from the definitions: f16 and bf16
+  // round to nearest even at their precision (10 and 7 fraction bits; f16 has subnormals below
+  // 2^-14 and overflows to inf from 65520), q8 stores round(x / s) * s with s = max|x| / 127
+  // (in float, ties away from zero; a zero row stays 0, a row with inf or NaN becomes NaN).
+  void store(float* x) const {
+    if (type_ == KvType::f32) return;
+    if (type_ == KvType::q8) {
+      float amax = 0.0f;
+      bool finite = true;
+      for (Index j = 0; j < d_; ++j) {
+        finite = finite && std::isfinite(x[j]);
+        amax = std::max(amax, std::fabs(x[j]));
+      }
+      const float s = amax / 127.0f;
+      for (Index j = 0; j < d_; ++j) {
+        x[j] = !finite        ? std::numeric_limits<float>::quiet_NaN()
+               : amax == 0.0f ? 0.0f
+                              : std::round(x[j] / s) * s;
+      }
+      return;
+    }
+    const bool half = type_ == KvType::f16;
+    const int fraction = half ? 10 : 7;
+    for (Index j = 0; j < d_; ++j) {
+      const double v = x[j];
+      if (!std::isfinite(v) || v == 0.0) continue;
+      int e = std::ilogb(v);
+      if (half) e = std::max(e, -14);  // subnormals: a fixed quantum of 2^-24
+      const double quantum = std::ldexp(1.0, e - fraction);
+      const double r = std::nearbyint(v / quantum) * quantum;  // ties to even
+      x[j] = static_cast<float>(half && std::fabs(r) > 65504.0 ? std::copysign(HUGE_VAL, v) : r);
+    }
+  }
+  std::vector<double> stored(const std::vector<double>& key) const {
+    std::vector<float> x(key.begin(), key.end());
+    store(x.data());
+    return {x.begin(), x.end()};
   }
 
   // Rotary encoding at `position`, written from the definition: pair i turns by
@@ -205,6 +252,7 @@ class MaskedReference {
   double theta_ = 10000.0;
   bool interleaved_ = true;
   bool in_cache_ = false;
+  KvType type_ = KvType::f32;
   std::vector<Layer> layers_;  // (n_layers)
 };
 

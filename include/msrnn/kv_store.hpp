@@ -1,0 +1,304 @@
+// KeyStore, ValueStore: the stored keys and values of one layer and KV head, in a KvType and a
+// layout that the decode kernels read directly; the conversions at insert; attention over them.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "msrnn/attention.hpp"
+#include "msrnn/detail/decode_kernels.hpp"
+#include "msrnn/detail/kv_views.hpp"
+#include "msrnn/detail/storage.hpp"
+#include "msrnn/kv_type.hpp"
+#include "msrnn/types.hpp"
+
+namespace msrnn {
+
+namespace detail {
+
+// Writes x as a stored value of `type` at p (q8: its code in a row of `scale`).
+inline void store_value(KvType type, unsigned char* p, float x, float scale) noexcept {
+  switch (type) {
+    case KvType::f32:
+      std::memcpy(p, &x, sizeof x);
+      return;
+    case KvType::f16: {
+      const std::uint16_t h = f32_to_f16(x);
+      std::memcpy(p, &h, sizeof h);
+      return;
+    }
+    case KvType::bf16: {
+      const std::uint16_t b = f32_to_bf16(x);
+      std::memcpy(p, &b, sizeof b);
+      return;
+    }
+    case KvType::q8: {
+      const std::int8_t q = q8_code(x, scale);
+      std::memcpy(p, &q, sizeof q);
+      return;
+    }
+  }
+}
+
+// The float a stored value of `type` at p stands for (q8: times its row's scale).
+inline float load_value(KvType type, const unsigned char* p, float scale) noexcept {
+  switch (type) {
+    case KvType::f32:
+      return stored_value<KvType::f32>(p);
+    case KvType::f16:
+      return stored_value<KvType::f16>(p);
+    case KvType::bf16:
+      return stored_value<KvType::bf16>(p);
+    case KvType::q8:
+      return stored_value<KvType::q8>(p) * scale;
+  }
+  return 0.0f;
+}
+
+inline Index blocks_of(Index slots) noexcept { return (slots + kBlockSlots - 1) / kBlockSlots; }
+
+}  // namespace detail
+
+/// The keys of one KV head, `slots` of them, each head_dim values stored as `type` (converted once,
+/// at `write`), in blocks of 16 slots transposed: block b holds, for each column c, the values of
+/// slots 16b .. 16b + 15 side by side, so that the score kernel's multiply-add of one column gives
+/// 16 scores and no score needs a horizontal sum (detail::KeyView). q8 keeps one float scale per
+/// slot beside them. A slot is written in place: nothing moves when another is evicted.
+///
+/// Memory: blocks_of(slots) * 16 slots of kv_row_bytes(type, head_dim) (`bytes`); allocated
+/// unwritten, a block is zeroed when its first slot is written (so that the kernels never read an
+/// unwritten lane). Nothing allocates but the constructors and `grow`.
+class KeyStore {
+ public:
+  KeyStore() = default;
+  /// No slots until `grow`.
+  KeyStore(KvType type, Index head_dim) : type_(type), head_dim_(head_dim) {}
+  /// A copy of other's slots [0, used), the others allocated, unwritten.
+  KeyStore(const KeyStore& other, Index used)
+      : type_(other.type_),
+        head_dim_(other.head_dim_),
+        slots_(other.slots_),
+        zeroed_(std::min(other.zeroed_, detail::blocks_of(used))),
+        data_(other.data_, other.data_.size(), block_bytes() * static_cast<std::size_t>(zeroed_)),
+        scales_(other.scales_, other.scales_.size(), scale_bytes(zeroed_ * detail::kBlockSlots)) {}
+  KeyStore(KeyStore&&) noexcept = default;
+  KeyStore& operator=(KeyStore&&) noexcept = default;
+  KeyStore& operator=(const KeyStore&) = delete;
+  ~KeyStore() = default;
+
+  KvType type() const noexcept { return type_; }
+  Index head_dim() const noexcept { return head_dim_; }
+  Index slots() const noexcept { return slots_; }
+
+  /// Bytes a KeyStore of `slots` slots holds: whole blocks of 16 slots, scales included.
+  static std::size_t bytes(KvType type, Index head_dim, Index slots) noexcept {
+    return static_cast<std::size_t>(detail::blocks_of(slots) * detail::kBlockSlots) *
+           kv_row_bytes(type, head_dim);
+  }
+
+  /// Reallocates to `slots` slots, keeping [0, used); the rest unwritten.
+  void grow(Index slots, Index used) {
+    assert(slots >= used);
+    const Index blocks = detail::blocks_of(slots);
+    zeroed_ = std::min(zeroed_, detail::blocks_of(used));
+    detail::AlignedBytes data(data_, block_bytes() * static_cast<std::size_t>(blocks),
+                              block_bytes() * static_cast<std::size_t>(zeroed_));
+    detail::AlignedBytes scales(scales_, scale_bytes(blocks * detail::kBlockSlots),
+                                scale_bytes(zeroed_ * detail::kBlockSlots));
+    data_ = std::move(data);
+    scales_ = std::move(scales);
+    slots_ = slots;
+  }
+
+  /// Stores key (head_dim floats) in `slot`, converted to the type.
+  void write(Index slot, const float* key) noexcept {
+    assert(slot >= 0 && slot < slots_);
+    const Index block = slot / detail::kBlockSlots;
+    while (zeroed_ <= block) {  // (at most once per block, as the slots are first filled)
+      std::memset(data_.data() + block_bytes() * static_cast<std::size_t>(zeroed_), 0,
+                  block_bytes());
+      if (type_ == KvType::q8) {
+        std::memset(scales_.data() + scale_bytes(zeroed_ * detail::kBlockSlots), 0,
+                    scale_bytes(detail::kBlockSlots));
+      }
+      ++zeroed_;
+    }
+    const float scale = type_ == KvType::q8 ? q8_scale(key, head_dim_) : 0.0f;
+    if (type_ == KvType::q8) std::memcpy(scale_at(slot), &scale, sizeof scale);
+    for (Index c = 0; c < head_dim_; ++c) detail::store_value(type_, at(slot, c), key[c], scale);
+  }
+
+  /// The floats the key in `slot` stands for (head_dim of them; q8 times its scale).
+  void read(Index slot, float* key) const noexcept {
+    assert(slot >= 0 && slot < slots_ && slot / detail::kBlockSlots < zeroed_);
+    float scale = 0.0f;
+    if (type_ == KvType::q8) std::memcpy(&scale, scale_at(slot), sizeof scale);
+    for (Index c = 0; c < head_dim_; ++c) key[c] = detail::load_value(type_, at(slot, c), scale);
+  }
+
+  /// Rows [0, n) as floats: keys (>= n, head_dim), for the matrix products of a chunk.
+  void read_rows(Index n, Eigen::Ref<RowMatrix> keys) const noexcept {
+    assert(keys.rows() >= n && keys.cols() == head_dim_);
+    for (Index s = 0; s < n; ++s) read(s, &keys(s, 0));
+  }
+
+  detail::KeyView view() const noexcept {
+    return {data_.data(), reinterpret_cast<const float*>(scales_.data()), head_dim_, type_};
+  }
+
+ private:
+  std::size_t block_bytes() const noexcept {
+    return static_cast<std::size_t>(head_dim_ * detail::kBlockSlots) * kv_value_bytes(type_);
+  }
+  std::size_t scale_bytes(Index slots) const noexcept {
+    return type_ == KvType::q8 ? static_cast<std::size_t>(slots) * sizeof(float) : 0;
+  }
+  unsigned char* at(Index slot, Index c) noexcept { return data_.data() + offset(slot, c); }
+  const unsigned char* at(Index slot, Index c) const noexcept {
+    return data_.data() + offset(slot, c);
+  }
+  std::size_t offset(Index slot, Index c) const noexcept {
+    const Index b = slot / detail::kBlockSlots, lane = slot % detail::kBlockSlots;
+    return static_cast<std::size_t>((b * head_dim_ + c) * detail::kBlockSlots + lane) *
+           kv_value_bytes(type_);
+  }
+  unsigned char* scale_at(Index slot) noexcept { return scales_.data() + scale_bytes(slot); }
+  const unsigned char* scale_at(Index slot) const noexcept {
+    return scales_.data() + scale_bytes(slot);
+  }
+
+  KvType type_ = KvType::f32;
+  Index head_dim_ = 0;
+  Index slots_ = 0;
+  Index zeroed_ = 0;             // blocks [0, zeroed_) are initialized
+  detail::AlignedBytes data_;    // (blocks, head_dim, 16) values of type_
+  detail::AlignedBytes scales_;  // (blocks * 16) floats, q8 only
+};
+
+/// The values of one KV head, `slots` of them, each head_dim values stored as `type` (converted
+/// once, at `write`), in blocks of 16 slots whose columns go in chunks of 16 (see
+/// detail::value_element): the weighted sum reads a block chunk by chunk, in memory order, each
+/// value once for all query heads. q8 keeps one float scale per slot beside them.
+///
+/// Memory: blocks_of(slots) * 16 slots of kv_row_bytes(type, head_dim) (`bytes`), allocated
+/// unwritten (the kernels read only the slots below n). Nothing allocates but the constructors
+/// and `grow`.
+class ValueStore {
+ public:
+  ValueStore() = default;
+  /// No slots until `grow`.
+  ValueStore(KvType type, Index head_dim) : type_(type), head_dim_(head_dim) {}
+  /// A copy of other's slots [0, used), the others allocated, unwritten.
+  ValueStore(const ValueStore& other, Index used)
+      : type_(other.type_),
+        head_dim_(other.head_dim_),
+        slots_(other.slots_),
+        data_(other.data_, other.data_.size(), block_bytes() * blocks(used)),
+        scales_(other.scales_, other.scales_.size(), scale_bytes(used)) {}
+  ValueStore(ValueStore&&) noexcept = default;
+  ValueStore& operator=(ValueStore&&) noexcept = default;
+  ValueStore& operator=(const ValueStore&) = delete;
+  ~ValueStore() = default;
+
+  KvType type() const noexcept { return type_; }
+  Index head_dim() const noexcept { return head_dim_; }
+  Index slots() const noexcept { return slots_; }
+
+  /// Bytes a ValueStore of `slots` slots holds: whole blocks of 16 slots, scales included.
+  static std::size_t bytes(KvType type, Index head_dim, Index slots) noexcept {
+    return static_cast<std::size_t>(detail::blocks_of(slots) * detail::kBlockSlots) *
+           kv_row_bytes(type, head_dim);
+  }
+
+  /// Reallocates to `slots` slots, keeping [0, used); the rest unwritten.
+  void grow(Index slots, Index used) {
+    assert(slots >= used);
+    detail::AlignedBytes data(data_, block_bytes() * blocks(slots), block_bytes() * blocks(used));
+    detail::AlignedBytes scales(scales_, scale_bytes(blocks(slots) * detail::kBlockSlots),
+                                scale_bytes(used));
+    data_ = std::move(data);
+    scales_ = std::move(scales);
+    slots_ = slots;
+  }
+
+  /// Stores value (head_dim floats) in `slot`, converted to the type.
+  void write(Index slot, const float* value) noexcept {
+    assert(slot >= 0 && slot < slots_);
+    const float scale = type_ == KvType::q8 ? q8_scale(value, head_dim_) : 0.0f;
+    if (type_ == KvType::q8) std::memcpy(scale_at(slot), &scale, sizeof scale);
+    for (Index c = 0; c < head_dim_; ++c) detail::store_value(type_, at(slot, c), value[c], scale);
+  }
+
+  /// The floats the value in `slot` stands for (head_dim of them; q8 times its scale).
+  void read(Index slot, float* value) const noexcept {
+    assert(slot >= 0 && slot < slots_);
+    float scale = 0.0f;
+    if (type_ == KvType::q8) std::memcpy(&scale, scale_at(slot), sizeof scale);
+    for (Index c = 0; c < head_dim_; ++c) value[c] = detail::load_value(type_, at(slot, c), scale);
+  }
+
+  /// Rows [0, n) as floats: values (>= n, head_dim), for the matrix products of a chunk.
+  void read_rows(Index n, Eigen::Ref<RowMatrix> values) const noexcept {
+    assert(values.rows() >= n && values.cols() == head_dim_);
+    for (Index s = 0; s < n; ++s) read(s, &values(s, 0));
+  }
+
+  detail::ValueView view() const noexcept {
+    return {data_.data(), reinterpret_cast<const float*>(scales_.data()), head_dim_, type_};
+  }
+
+ private:
+  static std::size_t blocks(Index slots) noexcept {
+    return static_cast<std::size_t>(detail::blocks_of(slots));
+  }
+  std::size_t block_bytes() const noexcept {
+    return static_cast<std::size_t>(head_dim_ * detail::kBlockSlots) * kv_value_bytes(type_);
+  }
+  std::size_t scale_bytes(Index slots) const noexcept {
+    return type_ == KvType::q8 ? static_cast<std::size_t>(slots) * sizeof(float) : 0;
+  }
+  std::size_t offset(Index slot, Index c) const noexcept {
+    return static_cast<std::size_t>(detail::value_element(head_dim_, slot, c)) *
+           kv_value_bytes(type_);
+  }
+  unsigned char* at(Index slot, Index c) noexcept { return data_.data() + offset(slot, c); }
+  const unsigned char* at(Index slot, Index c) const noexcept {
+    return data_.data() + offset(slot, c);
+  }
+  unsigned char* scale_at(Index slot) noexcept { return scales_.data() + scale_bytes(slot); }
+  const unsigned char* scale_at(Index slot) const noexcept {
+    return scales_.data() + scale_bytes(slot);
+  }
+
+  KvType type_ = KvType::f32;
+  Index head_dim_ = 0;
+  Index slots_ = 0;
+  detail::AlignedBytes data_;    // (blocks, head_dim, 16) values of type_ (detail::value_element)
+  detail::AlignedBytes scales_;  // (blocks * 16) floats, q8 only
+};
+
+/// Decode attention of the query heads of one KV head over its stored slots [0, n):
+///   q     (group, head_dim)  the new token's queries, position-encoded
+///   probs (group, >= n)      written, columns [0, n): softmax(scale * q keys^T)
+///   out   (group, head_dim)  written: probs values
+/// One pass over the keys and one over the values, each read once for all query heads, as stored
+/// (no float copy). Never allocates. The result for a slot depends only on its key and value and
+/// the order of the slots, not on n or on which slot it is.
+inline void attend_stored(const detail::KernelSet& kernels, const Eigen::Ref<const RowMatrix>& q,
+                          const KeyStore& keys, const ValueStore& values, Index n, float scale,
+                          Eigen::Ref<RowMatrix> probs, Eigen::Ref<RowMatrix> out) noexcept {
+  const Index group = q.rows();
+  assert(n >= 1 && n <= keys.slots() && n <= values.slots() && probs.rows() == group);
+  assert(probs.cols() >= n && out.rows() == group && out.cols() == values.head_dim());
+  kernels.scores(q.data(), q.outerStride(), group, keys.view(), n, probs.data(),
+                 probs.outerStride());
+  for (Index r = 0; r < group; ++r) kernels.softmax(&probs(r, 0), n, scale);
+  kernels.weigh(probs.data(), probs.outerStride(), group, values.view(), n, out.data(),
+                out.outerStride());
+}
+
+}  // namespace msrnn
