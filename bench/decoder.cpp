@@ -59,8 +59,10 @@ LlamaConfig stories110m_shape(Index seq_len) {
 
 // Bytes of keys and values a cache of the model's shape allocates for `slots` states per layer and
 // KV head (the library's formula).
-double kv_bytes(const LlamaConfig& c, Index slots) {
-  return static_cast<double>(msrnn::kv_state_bytes(cache_config(c, CacheSettings{}), slots));
+double kv_bytes(const LlamaConfig& c, Index slots, msrnn::KvType type = msrnn::KvType::f32) {
+  CacheSettings settings;
+  settings.kv_type = type;
+  return static_cast<double>(msrnn::kv_state_bytes(cache_config(c, settings), slots));
 }
 
 // Restores `model`'s cache to the state after `position` tokens: its newest `kept` states.
@@ -97,25 +99,33 @@ void print_memory_table(const LlamaConfig& c, Index capacity, double budget_gib)
   }();
   const double budget = budget_gib * 1024.0 * 1024.0 * 1024.0;
   std::printf(
-      "\nKV bytes per sequence (float32; a bounded cache allocates C + 1 slots), and "
-      "sequences that fit %.3g GiB:\n\n",
+      "\nKV bytes per sequence in each storage precision (a bounded cache allocates C + 1 slots, "
+      "in blocks of 16), and Llama-2-7B sequences that fit %.3g GiB:\n\n",
       budget_gib);
   std::printf(
-      "| multi-state size | stories110M shape | vs full@4k | fit | Llama-2-7B shape | fit |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+      "| multi-state size | stories110M shape f32 | f16, bf16 | q8 | vs full@4k | Llama-2-7B shape "
+      "f32 | f16, bf16 | q8 | fit f32 | fit f16 | fit q8 |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::vector<Index> sizes = {64, 128, 256, 512, 1024, 2048};
   if (std::find(sizes.begin(), sizes.end(), capacity) == sizes.end()) sizes.push_back(capacity);
   std::sort(sizes.begin(), sizes.end());
-  const double full_small = kv_bytes(c, 4096), full_7b = kv_bytes(llama7b, 4096);
-  auto line = [&](const std::string& name, double small, double big) {
-    std::printf("| %s | %.1f MiB | %.3f | %.0f | %.1f MiB | %.0f |\n", name.c_str(),
-                small / 1048576.0, small / full_small, std::floor(budget / small), big / 1048576.0,
-                std::floor(budget / big));
+  using msrnn::KvType;
+  const double full_small = kv_bytes(c, 4096);
+  auto line = [&](const std::string& name, Index slots) {
+    const double mib = 1048576.0;
+    const double small = kv_bytes(c, slots), big = kv_bytes(llama7b, slots);
+    const double big16 = kv_bytes(llama7b, slots, KvType::f16);
+    const double big8 = kv_bytes(llama7b, slots, KvType::q8);
+    std::printf(
+        "| %s | %.1f MiB | %.1f MiB | %.1f MiB | %.3f | %.0f MiB | %.0f MiB | %.0f MiB | %.0f | "
+        "%.0f | %.0f |\n",
+        name.c_str(), small / mib, kv_bytes(c, slots, KvType::f16) / mib,
+        kv_bytes(c, slots, KvType::q8) / mib, small / full_small, big / mib, big16 / mib,
+        big8 / mib, std::floor(budget / big), std::floor(budget / big16),
+        std::floor(budget / big8));
   };
-  for (Index size : sizes) {
-    line(std::to_string(size), kv_bytes(c, size + 1), kv_bytes(llama7b, size + 1));
-  }
-  line("full, 4096 tokens", full_small, full_7b);
+  for (Index size : sizes) line(std::to_string(size), size + 1);
+  line("full, 4096 tokens", 4096);
 }
 
 int run(int argc, char** argv) {

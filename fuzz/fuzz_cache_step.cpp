@@ -1,6 +1,8 @@
 // libFuzzer target: MultiStateCache under a random configuration (bad ones must throw
 // std::invalid_argument) and random inputs, fed through step and step_chunk in random pieces.
-// Invariants: never more than C states, kept positions distinct and in range, finite outputs.
+// Every storage precision and kernel variant. Invariants: never more than C states, kept
+// positions distinct and in range, finite outputs (the values are in [-4, 4]: finite in every
+// precision).
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   config.head_dim = 1 + in.next() % 8;
   config.capacity = in.next() % 10;  // 0 is invalid on purpose
   config.max_chunk = 1 + in.next() % 6;
+  config.kv_type = static_cast<msrnn::KvType>(in.next() % 5);   // 4 is invalid on purpose
+  config.kernels = static_cast<msrnn::Kernels>(in.next() % 4);  // one the CPU lacks: rejected
   const std::uint8_t rope = in.next() % 3;
   msrnn::PolicyOptions options;
   options.name = std::string(msrnn::kPolicyNames[in.next() % msrnn::kPolicyNames.size()]);

@@ -1,7 +1,10 @@
 // Attention kernels on Eigen maps: decode (one query token) and chunk (causal prefill).
 //
 // Both work on one KV head and the query heads that share it (grouped-query attention), so the
-// keys and values of a KV head are read once for all of its query heads.
+// keys and values of a KV head are read once for all of its query heads. The cache's decode step
+// reads its own stored state instead (kv_store.hpp, attend_stored, in any KvType); `attend` here
+// is the float32 decode kernel for hosts that keep keys and values in row-major matrices, and
+// `attend_causal` the cache's prefill.
 #pragma once
 
 #include <algorithm>

@@ -44,19 +44,60 @@ inline void store_value(KvType type, unsigned char* p, float x, float scale) noe
   }
 }
 
-// The float a stored value of `type` at p stands for (q8: times its row's scale).
-inline float load_value(KvType type, const unsigned char* p, float scale) noexcept {
+// Writes the n floats of x as values of type T at p, p + step, ... (bytes), q8 in a row of
+// `scale`; and reads them back as floats (q8 times the scale). One type switch per row.
+template <KvType T>
+inline void store_run(unsigned char* p, std::size_t step, const float* x, Index n,
+                      float scale) noexcept {
+  if constexpr (T == KvType::f32) {
+    if (step == sizeof(float)) {
+      std::memcpy(p, x, static_cast<std::size_t>(n) * sizeof(float));
+      return;
+    }
+  }
+  for (Index i = 0; i < n; ++i, p += step) store_value(T, p, x[i], scale);
+}
+template <KvType T>
+inline void load_run(const unsigned char* p, std::size_t step, float* x, Index n,
+                     float scale) noexcept {
+  if constexpr (T == KvType::f32) {
+    if (step == sizeof(float)) {
+      std::memcpy(x, p, static_cast<std::size_t>(n) * sizeof(float));
+      return;
+    }
+  }
+  for (Index i = 0; i < n; ++i, p += step) {
+    x[i] = T == KvType::q8 ? stored_value<T>(p) * scale : stored_value<T>(p);
+  }
+}
+// store_run / load_run of a run-time type (`step` in values of the type).
+inline void store_run(KvType type, unsigned char* p, Index step, const float* x, Index n,
+                      float scale) noexcept {
+  const std::size_t bytes = static_cast<std::size_t>(step) * kv_value_bytes(type);
   switch (type) {
     case KvType::f32:
-      return stored_value<KvType::f32>(p);
+      return store_run<KvType::f32>(p, bytes, x, n, scale);
     case KvType::f16:
-      return stored_value<KvType::f16>(p);
+      return store_run<KvType::f16>(p, bytes, x, n, scale);
     case KvType::bf16:
-      return stored_value<KvType::bf16>(p);
+      return store_run<KvType::bf16>(p, bytes, x, n, scale);
     case KvType::q8:
-      return stored_value<KvType::q8>(p) * scale;
+      return store_run<KvType::q8>(p, bytes, x, n, scale);
   }
-  return 0.0f;
+}
+inline void load_run(KvType type, const unsigned char* p, Index step, float* x, Index n,
+                     float scale) noexcept {
+  const std::size_t bytes = static_cast<std::size_t>(step) * kv_value_bytes(type);
+  switch (type) {
+    case KvType::f32:
+      return load_run<KvType::f32>(p, bytes, x, n, scale);
+    case KvType::f16:
+      return load_run<KvType::f16>(p, bytes, x, n, scale);
+    case KvType::bf16:
+      return load_run<KvType::bf16>(p, bytes, x, n, scale);
+    case KvType::q8:
+      return load_run<KvType::q8>(p, bytes, x, n, scale);
+  }
 }
 
 inline Index blocks_of(Index slots) noexcept { return (slots + kBlockSlots - 1) / kBlockSlots; }
@@ -129,7 +170,7 @@ class KeyStore {
     }
     const float scale = type_ == KvType::q8 ? q8_scale(key, head_dim_) : 0.0f;
     if (type_ == KvType::q8) std::memcpy(scale_at(slot), &scale, sizeof scale);
-    for (Index c = 0; c < head_dim_; ++c) detail::store_value(type_, at(slot, c), key[c], scale);
+    detail::store_run(type_, at(slot, 0), detail::kBlockSlots, key, head_dim_, scale);
   }
 
   /// The floats the key in `slot` stands for (head_dim of them; q8 times its scale).
@@ -137,7 +178,7 @@ class KeyStore {
     assert(slot >= 0 && slot < slots_ && slot / detail::kBlockSlots < zeroed_);
     float scale = 0.0f;
     if (type_ == KvType::q8) std::memcpy(&scale, scale_at(slot), sizeof scale);
-    for (Index c = 0; c < head_dim_; ++c) key[c] = detail::load_value(type_, at(slot, c), scale);
+    detail::load_run(type_, at(slot, 0), detail::kBlockSlots, key, head_dim_, scale);
   }
 
   /// Rows [0, n) as floats: keys (>= n, head_dim), for the matrix products of a chunk.
@@ -230,7 +271,10 @@ class ValueStore {
     assert(slot >= 0 && slot < slots_);
     const float scale = type_ == KvType::q8 ? q8_scale(value, head_dim_) : 0.0f;
     if (type_ == KvType::q8) std::memcpy(scale_at(slot), &scale, sizeof scale);
-    for (Index c = 0; c < head_dim_; ++c) detail::store_value(type_, at(slot, c), value[c], scale);
+    for (Index c = 0; c < head_dim_; c += detail::kChunkColumns) {  // a run per chunk
+      const Index n = std::min(detail::kChunkColumns, head_dim_ - c);
+      detail::store_run(type_, at(slot, c), 1, value + c, n, scale);
+    }
   }
 
   /// The floats the value in `slot` stands for (head_dim of them; q8 times its scale).
@@ -238,7 +282,10 @@ class ValueStore {
     assert(slot >= 0 && slot < slots_);
     float scale = 0.0f;
     if (type_ == KvType::q8) std::memcpy(&scale, scale_at(slot), sizeof scale);
-    for (Index c = 0; c < head_dim_; ++c) value[c] = detail::load_value(type_, at(slot, c), scale);
+    for (Index c = 0; c < head_dim_; c += detail::kChunkColumns) {
+      const Index n = std::min(detail::kChunkColumns, head_dim_ - c);
+      detail::load_run(type_, at(slot, c), 1, value + c, n, scale);
+    }
   }
 
   /// Rows [0, n) as floats: values (>= n, head_dim), for the matrix products of a chunk.

@@ -230,8 +230,8 @@ TEST(CommandLine, KvTypeStoresTheStateInEachPrecision) {
   REQUIRE_SHARED_FILE(kModel);
   REQUIRE_SHARED_FILE(kStories);
   const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
-  const Outcome g32 = run_tool(MSRNN_GENERATE_BIN, files + " --temperature 0 --steps 60" +
-                                                       " --policy tova --capacity 24");
+  const Outcome g32 = run_tool(
+      MSRNN_GENERATE_BIN, files + " --temperature 0 --steps 60" + " --policy tova --capacity 24");
   const Outcome g8 = run_tool(MSRNN_GENERATE_BIN, files + " --temperature 0 --steps 60" +
                                                       " --policy tova --capacity 24 --kv-type q8");
   ASSERT_EQ(g32.status, 0) << g32.err;
