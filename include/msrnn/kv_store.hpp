@@ -102,6 +102,90 @@ inline void load_run(KvType type, const unsigned char* p, Index step, float* x, 
 
 inline Index blocks_of(Index slots) noexcept { return (slots + kBlockSlots - 1) / kBlockSlots; }
 
+/// What KeyStore and ValueStore share: `slots` slots of head_dim values of `type` in whole blocks
+/// of 16 slots (the layout inside a block is theirs), and q8's float scale per slot beside them.
+/// Allocated unwritten; nothing allocates but the constructors and `grow`.
+class SlotBlocks {
+ public:
+  SlotBlocks() = default;
+  SlotBlocks(KvType type, Index head_dim) : type_(type), head_dim_(head_dim) {}
+  /// A copy of other's first `keep` blocks (their scales too), the rest allocated, unwritten.
+  SlotBlocks(const SlotBlocks& other, Index keep)
+      : type_(other.type_),
+        head_dim_(other.head_dim_),
+        slots_(other.slots_),
+        data_(other.data_, other.data_.size(), block_bytes() * static_cast<std::size_t>(keep)),
+        scales_(other.scales_, other.scales_.size(), scale_bytes(keep * kBlockSlots)) {}
+  SlotBlocks(SlotBlocks&&) noexcept = default;
+  SlotBlocks& operator=(SlotBlocks&&) noexcept = default;
+  SlotBlocks& operator=(const SlotBlocks&) = delete;
+  ~SlotBlocks() = default;
+
+  /// Bytes of `slots` slots: whole blocks of 16, scales included.
+  static std::size_t bytes(KvType type, Index head_dim, Index slots) noexcept {
+    return static_cast<std::size_t>(blocks_of(slots) * kBlockSlots) * kv_row_bytes(type, head_dim);
+  }
+
+  KvType type() const noexcept { return type_; }
+  Index head_dim() const noexcept { return head_dim_; }
+  Index slots() const noexcept { return slots_; }
+
+  /// Reallocates to `slots` slots, keeping the first `keep` blocks; the rest unwritten.
+  void grow(Index slots, Index keep) {
+    const Index blocks = blocks_of(slots);
+    AlignedBytes data(data_, block_bytes() * static_cast<std::size_t>(blocks),
+                      block_bytes() * static_cast<std::size_t>(keep));
+    AlignedBytes scales(scales_, scale_bytes(blocks * kBlockSlots),
+                        scale_bytes(keep * kBlockSlots));
+    data_ = std::move(data);
+    scales_ = std::move(scales);
+    slots_ = slots;
+  }
+
+  std::size_t block_bytes() const noexcept {
+    return static_cast<std::size_t>(head_dim_ * kBlockSlots) * kv_value_bytes(type_);
+  }
+  /// Value `element` (of type_) of the blocks: element e at byte e * size of a value.
+  unsigned char* at(Index element) noexcept { return data_.data() + offset(element); }
+  const unsigned char* at(Index element) const noexcept { return data_.data() + offset(element); }
+  /// Zeroes block b's values and scales.
+  void zero_block(Index b) noexcept {
+    std::memset(data_.data() + block_bytes() * static_cast<std::size_t>(b), 0, block_bytes());
+    if (type_ == KvType::q8) {
+      std::memset(scales_.data() + scale_bytes(b * kBlockSlots), 0, scale_bytes(kBlockSlots));
+    }
+  }
+  /// q8: the scale of `slot`'s row (0 for the other types, which have none).
+  float scale(Index slot) const noexcept {
+    float x = 0.0f;
+    if (type_ == KvType::q8) std::memcpy(&x, scales_.data() + scale_bytes(slot), sizeof x);
+    return x;
+  }
+  /// q8: computes, stores and returns the scale of row x for `slot` (0 for the other types).
+  float set_scale(Index slot, const float* x) noexcept {
+    if (type_ != KvType::q8) return 0.0f;
+    const float s = q8_scale(x, head_dim_);
+    std::memcpy(scales_.data() + scale_bytes(slot), &s, sizeof s);
+    return s;
+  }
+  const unsigned char* data() const noexcept { return data_.data(); }
+  const float* scales() const noexcept { return reinterpret_cast<const float*>(scales_.data()); }
+
+ private:
+  std::size_t offset(Index element) const noexcept {
+    return static_cast<std::size_t>(element) * kv_value_bytes(type_);
+  }
+  std::size_t scale_bytes(Index slots) const noexcept {
+    return type_ == KvType::q8 ? static_cast<std::size_t>(slots) * sizeof(float) : 0;
+  }
+
+  KvType type_ = KvType::f32;
+  Index head_dim_ = 0;
+  Index slots_ = 0;
+  AlignedBytes data_;    // (blocks, head_dim, 16) values of type_
+  AlignedBytes scales_;  // (blocks * 16) floats, q8 only
+};
+
 }  // namespace detail
 
 /// The keys of one KV head, `slots` of them, each head_dim values stored as `type` (converted once,
@@ -117,107 +201,68 @@ class KeyStore {
  public:
   KeyStore() = default;
   /// No slots until `grow`.
-  KeyStore(KvType type, Index head_dim) : type_(type), head_dim_(head_dim) {}
+  KeyStore(KvType type, Index head_dim) : blocks_(type, head_dim) {}
   /// A copy of other's slots [0, used), the others allocated, unwritten.
   KeyStore(const KeyStore& other, Index used)
-      : type_(other.type_),
-        head_dim_(other.head_dim_),
-        slots_(other.slots_),
-        zeroed_(std::min(other.zeroed_, detail::blocks_of(used))),
-        data_(other.data_, other.data_.size(), block_bytes() * static_cast<std::size_t>(zeroed_)),
-        scales_(other.scales_, other.scales_.size(), scale_bytes(zeroed_ * detail::kBlockSlots)) {}
+      : zeroed_(std::min(other.zeroed_, detail::blocks_of(used))),
+        blocks_(other.blocks_, zeroed_) {}
   KeyStore(KeyStore&&) noexcept = default;
   KeyStore& operator=(KeyStore&&) noexcept = default;
   KeyStore& operator=(const KeyStore&) = delete;
   ~KeyStore() = default;
 
-  KvType type() const noexcept { return type_; }
-  Index head_dim() const noexcept { return head_dim_; }
-  Index slots() const noexcept { return slots_; }
+  KvType type() const noexcept { return blocks_.type(); }
+  Index head_dim() const noexcept { return blocks_.head_dim(); }
+  Index slots() const noexcept { return blocks_.slots(); }
 
   /// Bytes a KeyStore of `slots` slots holds: whole blocks of 16 slots, scales included.
   static std::size_t bytes(KvType type, Index head_dim, Index slots) noexcept {
-    return static_cast<std::size_t>(detail::blocks_of(slots) * detail::kBlockSlots) *
-           kv_row_bytes(type, head_dim);
+    return detail::SlotBlocks::bytes(type, head_dim, slots);
   }
 
   /// Reallocates to `slots` slots, keeping [0, used); the rest unwritten.
   void grow(Index slots, Index used) {
     assert(slots >= used);
-    const Index blocks = detail::blocks_of(slots);
     zeroed_ = std::min(zeroed_, detail::blocks_of(used));
-    detail::AlignedBytes data(data_, block_bytes() * static_cast<std::size_t>(blocks),
-                              block_bytes() * static_cast<std::size_t>(zeroed_));
-    detail::AlignedBytes scales(scales_, scale_bytes(blocks * detail::kBlockSlots),
-                                scale_bytes(zeroed_ * detail::kBlockSlots));
-    data_ = std::move(data);
-    scales_ = std::move(scales);
-    slots_ = slots;
+    blocks_.grow(slots, zeroed_);
   }
 
   /// Stores key (head_dim floats) in `slot`, converted to the type.
   void write(Index slot, const float* key) noexcept {
-    assert(slot >= 0 && slot < slots_);
-    const Index block = slot / detail::kBlockSlots;
-    while (zeroed_ <= block) {  // (at most once per block, as the slots are first filled)
-      std::memset(data_.data() + block_bytes() * static_cast<std::size_t>(zeroed_), 0,
-                  block_bytes());
-      if (type_ == KvType::q8) {
-        std::memset(scales_.data() + scale_bytes(zeroed_ * detail::kBlockSlots), 0,
-                    scale_bytes(detail::kBlockSlots));
-      }
-      ++zeroed_;
-    }
-    const float scale = type_ == KvType::q8 ? q8_scale(key, head_dim_) : 0.0f;
-    if (type_ == KvType::q8) std::memcpy(scale_at(slot), &scale, sizeof scale);
-    detail::store_run(type_, at(slot, 0), detail::kBlockSlots, key, head_dim_, scale);
+    assert(slot >= 0 && slot < slots());
+    // (at most once per block, as the slots are first filled)
+    while (zeroed_ <= slot / detail::kBlockSlots) blocks_.zero_block(zeroed_++);
+    const float scale = blocks_.set_scale(slot, key);
+    detail::store_run(type(), blocks_.at(element(slot)), detail::kBlockSlots, key, head_dim(),
+                      scale);
   }
 
   /// The floats the key in `slot` stands for (head_dim of them; q8 times its scale).
   void read(Index slot, float* key) const noexcept {
-    assert(slot >= 0 && slot < slots_ && slot / detail::kBlockSlots < zeroed_);
-    float scale = 0.0f;
-    if (type_ == KvType::q8) std::memcpy(&scale, scale_at(slot), sizeof scale);
-    detail::load_run(type_, at(slot, 0), detail::kBlockSlots, key, head_dim_, scale);
+    assert(slot >= 0 && slot < slots() && slot / detail::kBlockSlots < zeroed_);
+    detail::load_run(type(), blocks_.at(element(slot)), detail::kBlockSlots, key, head_dim(),
+                     blocks_.scale(slot));
   }
 
   /// Rows [0, n) as floats: keys (>= n, head_dim), for the matrix products of a chunk.
   void read_rows(Index n, Eigen::Ref<RowMatrix> keys) const noexcept {
-    assert(keys.rows() >= n && keys.cols() == head_dim_);
+    assert(keys.rows() >= n && keys.cols() == head_dim());
     for (Index s = 0; s < n; ++s) read(s, &keys(s, 0));
   }
 
   detail::KeyView view() const noexcept {
-    return {data_.data(), reinterpret_cast<const float*>(scales_.data()), head_dim_, type_};
+    return {blocks_.data(), blocks_.scales(), head_dim(), type()};
   }
 
  private:
-  std::size_t block_bytes() const noexcept {
-    return static_cast<std::size_t>(head_dim_ * detail::kBlockSlots) * kv_value_bytes(type_);
-  }
-  std::size_t scale_bytes(Index slots) const noexcept {
-    return type_ == KvType::q8 ? static_cast<std::size_t>(slots) * sizeof(float) : 0;
-  }
-  unsigned char* at(Index slot, Index c) noexcept { return data_.data() + offset(slot, c); }
-  const unsigned char* at(Index slot, Index c) const noexcept {
-    return data_.data() + offset(slot, c);
-  }
-  std::size_t offset(Index slot, Index c) const noexcept {
-    const Index b = slot / detail::kBlockSlots, lane = slot % detail::kBlockSlots;
-    return static_cast<std::size_t>((b * head_dim_ + c) * detail::kBlockSlots + lane) *
-           kv_value_bytes(type_);
-  }
-  unsigned char* scale_at(Index slot) noexcept { return scales_.data() + scale_bytes(slot); }
-  const unsigned char* scale_at(Index slot) const noexcept {
-    return scales_.data() + scale_bytes(slot);
+  // The element of slot's column 0 (column c is c * 16 after it).
+  Index element(Index slot) const noexcept {
+    return (slot / detail::kBlockSlots) * head_dim() * detail::kBlockSlots +
+           slot % detail::kBlockSlots;
   }
 
-  KvType type_ = KvType::f32;
-  Index head_dim_ = 0;
-  Index slots_ = 0;
-  Index zeroed_ = 0;             // blocks [0, zeroed_) are initialized
-  detail::AlignedBytes data_;    // (blocks, head_dim, 16) values of type_
-  detail::AlignedBytes scales_;  // (blocks * 16) floats, q8 only
+  Index zeroed_ = 0;           // blocks [0, zeroed_) are initialized
+  detail::SlotBlocks blocks_;  // (blocks, head_dim, 16): slot s's column c at element(s) + 16 c
 };
 
 /// The values of one KV head, `slots` of them, each head_dim values stored as `type` (converted
@@ -232,100 +277,64 @@ class ValueStore {
  public:
   ValueStore() = default;
   /// No slots until `grow`.
-  ValueStore(KvType type, Index head_dim) : type_(type), head_dim_(head_dim) {}
+  ValueStore(KvType type, Index head_dim) : blocks_(type, head_dim) {}
   /// A copy of other's slots [0, used), the others allocated, unwritten.
   ValueStore(const ValueStore& other, Index used)
-      : type_(other.type_),
-        head_dim_(other.head_dim_),
-        slots_(other.slots_),
-        data_(other.data_, other.data_.size(), block_bytes() * blocks(used)),
-        scales_(other.scales_, other.scales_.size(), scale_bytes(used)) {}
+      : blocks_(other.blocks_, detail::blocks_of(used)) {}
   ValueStore(ValueStore&&) noexcept = default;
   ValueStore& operator=(ValueStore&&) noexcept = default;
   ValueStore& operator=(const ValueStore&) = delete;
   ~ValueStore() = default;
 
-  KvType type() const noexcept { return type_; }
-  Index head_dim() const noexcept { return head_dim_; }
-  Index slots() const noexcept { return slots_; }
+  KvType type() const noexcept { return blocks_.type(); }
+  Index head_dim() const noexcept { return blocks_.head_dim(); }
+  Index slots() const noexcept { return blocks_.slots(); }
 
   /// Bytes a ValueStore of `slots` slots holds: whole blocks of 16 slots, scales included.
   static std::size_t bytes(KvType type, Index head_dim, Index slots) noexcept {
-    return static_cast<std::size_t>(detail::blocks_of(slots) * detail::kBlockSlots) *
-           kv_row_bytes(type, head_dim);
+    return detail::SlotBlocks::bytes(type, head_dim, slots);
   }
 
   /// Reallocates to `slots` slots, keeping [0, used); the rest unwritten.
   void grow(Index slots, Index used) {
     assert(slots >= used);
-    detail::AlignedBytes data(data_, block_bytes() * blocks(slots), block_bytes() * blocks(used));
-    detail::AlignedBytes scales(scales_, scale_bytes(blocks(slots) * detail::kBlockSlots),
-                                scale_bytes(used));
-    data_ = std::move(data);
-    scales_ = std::move(scales);
-    slots_ = slots;
+    blocks_.grow(slots, detail::blocks_of(used));
   }
 
   /// Stores value (head_dim floats) in `slot`, converted to the type.
   void write(Index slot, const float* value) noexcept {
-    assert(slot >= 0 && slot < slots_);
-    const float scale = type_ == KvType::q8 ? q8_scale(value, head_dim_) : 0.0f;
-    if (type_ == KvType::q8) std::memcpy(scale_at(slot), &scale, sizeof scale);
-    for (Index c = 0; c < head_dim_; c += detail::kChunkColumns) {  // a run per chunk
-      const Index n = std::min(detail::kChunkColumns, head_dim_ - c);
-      detail::store_run(type_, at(slot, c), 1, value + c, n, scale);
+    assert(slot >= 0 && slot < slots());
+    const float scale = blocks_.set_scale(slot, value);
+    for (Index c = 0; c < head_dim(); c += detail::kChunkColumns) {  // a run per chunk
+      const Index n = std::min(detail::kChunkColumns, head_dim() - c);
+      detail::store_run(type(), blocks_.at(detail::value_element(head_dim(), slot, c)), 1,
+                        value + c, n, scale);
     }
   }
 
   /// The floats the value in `slot` stands for (head_dim of them; q8 times its scale).
   void read(Index slot, float* value) const noexcept {
-    assert(slot >= 0 && slot < slots_);
-    float scale = 0.0f;
-    if (type_ == KvType::q8) std::memcpy(&scale, scale_at(slot), sizeof scale);
-    for (Index c = 0; c < head_dim_; c += detail::kChunkColumns) {
-      const Index n = std::min(detail::kChunkColumns, head_dim_ - c);
-      detail::load_run(type_, at(slot, c), 1, value + c, n, scale);
+    assert(slot >= 0 && slot < slots());
+    const float scale = blocks_.scale(slot);
+    for (Index c = 0; c < head_dim(); c += detail::kChunkColumns) {
+      const Index n = std::min(detail::kChunkColumns, head_dim() - c);
+      detail::load_run(type(), blocks_.at(detail::value_element(head_dim(), slot, c)), 1, value + c,
+                       n, scale);
     }
   }
 
   /// Rows [0, n) as floats: values (>= n, head_dim), for the matrix products of a chunk.
   void read_rows(Index n, Eigen::Ref<RowMatrix> values) const noexcept {
-    assert(values.rows() >= n && values.cols() == head_dim_);
+    assert(values.rows() >= n && values.cols() == head_dim());
     for (Index s = 0; s < n; ++s) read(s, &values(s, 0));
   }
 
   detail::ValueView view() const noexcept {
-    return {data_.data(), reinterpret_cast<const float*>(scales_.data()), head_dim_, type_};
+    return {blocks_.data(), blocks_.scales(), head_dim(), type()};
   }
 
  private:
-  static std::size_t blocks(Index slots) noexcept {
-    return static_cast<std::size_t>(detail::blocks_of(slots));
-  }
-  std::size_t block_bytes() const noexcept {
-    return static_cast<std::size_t>(head_dim_ * detail::kBlockSlots) * kv_value_bytes(type_);
-  }
-  std::size_t scale_bytes(Index slots) const noexcept {
-    return type_ == KvType::q8 ? static_cast<std::size_t>(slots) * sizeof(float) : 0;
-  }
-  std::size_t offset(Index slot, Index c) const noexcept {
-    return static_cast<std::size_t>(detail::value_element(head_dim_, slot, c)) *
-           kv_value_bytes(type_);
-  }
-  unsigned char* at(Index slot, Index c) noexcept { return data_.data() + offset(slot, c); }
-  const unsigned char* at(Index slot, Index c) const noexcept {
-    return data_.data() + offset(slot, c);
-  }
-  unsigned char* scale_at(Index slot) noexcept { return scales_.data() + scale_bytes(slot); }
-  const unsigned char* scale_at(Index slot) const noexcept {
-    return scales_.data() + scale_bytes(slot);
-  }
-
-  KvType type_ = KvType::f32;
-  Index head_dim_ = 0;
-  Index slots_ = 0;
-  detail::AlignedBytes data_;    // (blocks, head_dim, 16) values of type_ (detail::value_element)
-  detail::AlignedBytes scales_;  // (blocks * 16) floats, q8 only
+  detail::SlotBlocks blocks_;  // (blocks, head_dim, 16) in chunks: detail::value_element
 };
 
 /// Decode attention of the query heads of one KV head over its stored slots [0, n):
