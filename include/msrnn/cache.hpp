@@ -86,8 +86,8 @@ struct CacheConfig {
 /// Bytes of key and value storage for `slots` slots per layer and KV head of `config`:
 /// n_layers * n_kv_heads * (KeyStore::bytes + ValueStore::bytes), plus another KeyStore with
 /// in_cache positions (which keep each key also rotated at its rank, see InCacheKeys): about
-/// slots * head_dim * 2 values of config.kv_type (3 in_cache), keys in whole blocks of 16 slots,
-/// q8 scales included. What `state_bytes()` reports; a bounded cache has C + 1 slots, or
+/// slots * head_dim * 2 values of config.kv_type (3 in_cache), keys and values in whole blocks of
+/// 16 slots, q8 scales included. What `state_bytes()` reports; a bounded cache has C + 1 slots, or
 /// min(C + 1, max_tokens). The one formula the tools and benchmarks use.
 inline std::size_t kv_state_bytes(const CacheConfig& config, Index slots) noexcept {
   const bool in_cache = config.rope && config.positions == PositionMode::in_cache;

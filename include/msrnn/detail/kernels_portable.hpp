@@ -87,10 +87,13 @@ struct Ops {
     for (int i = 0; i < L; ++i) v.x[i] = std::nearbyint(a.x[i]);
     return v;
   }
-  static V pow2(const V& n) noexcept {  // 2^n for integral n in [-126, 127]
+  // 2^n for integral n in [-126, 127]; NaN stays NaN, and n outside is clamped first (a float
+  // to int conversion out of range would be undefined; only a row that is NaN anyway gets one).
+  static V pow2(const V& n) noexcept {
     V v;
     for (int i = 0; i < L; ++i) {
-      v.x[i] = std::isnan(n.x[i]) ? n.x[i] : std::ldexp(1.0f, static_cast<int>(n.x[i]));
+      const float e = n.x[i] < -126.0f ? -126.0f : n.x[i] > 127.0f ? 127.0f : n.x[i];
+      v.x[i] = std::isnan(e) ? e : std::ldexp(1.0f, static_cast<int>(e));
     }
     return v;
   }
