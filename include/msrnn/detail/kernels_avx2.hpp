@@ -67,7 +67,9 @@ struct Ops {
   }
 };
 
+#define MSRNN_DECODE_KERNELS_OPS
 #include "msrnn/detail/decode_kernels.inc"
+#undef MSRNN_DECODE_KERNELS_OPS
 
 }  // namespace msrnn::detail::avx2
 

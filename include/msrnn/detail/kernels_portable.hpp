@@ -99,6 +99,8 @@ struct Ops {
   }
 };
 
+#define MSRNN_DECODE_KERNELS_OPS
 #include "msrnn/detail/decode_kernels.inc"
+#undef MSRNN_DECODE_KERNELS_OPS
 
 }  // namespace msrnn::detail::portable
