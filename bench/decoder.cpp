@@ -25,6 +25,7 @@
 #include "csv.hpp"
 #include "median.hpp"
 #include "model.hpp"
+#include "shapes.hpp"
 
 namespace {
 
@@ -42,20 +43,6 @@ stories110M's shape (dim 768, hidden 2048, 12 layers, 12 heads, vocab 32000; see
   --csv FILE         write model,policy,capacity,position,ms_per_token,kv_bytes
   --help             this text
 )";
-
-// The shape of llama2.c's stories110M, with a context long enough for the longest position.
-LlamaConfig stories110m_shape(Index seq_len) {
-  LlamaConfig c;
-  c.dim = 768;
-  c.hidden_dim = 2048;
-  c.n_layers = 12;
-  c.n_heads = 12;
-  c.n_kv_heads = 12;
-  c.vocab_size = 32000;
-  c.seq_len = seq_len;
-  c.shared_classifier = true;
-  return c;
-}
 
 // Bytes of keys and values a cache of the model's shape allocates for `slots` states per layer and
 // KV head (the library's formula).
@@ -162,7 +149,7 @@ int run(int argc, char** argv) {
   });
 
   const Index longest = positions.back() + tokens + 1;
-  const LlamaConfig shape = stories110m_shape(longest);
+  const LlamaConfig shape = bench::stories110m_shape(longest);
   std::printf("random stories110M-shaped model (%s), %lld timed tokens per point, %lld thread(s)\n",
               detail::describe(shape).c_str(), static_cast<long long>(tokens),
               static_cast<long long>(threads));

@@ -96,6 +96,7 @@ struct CommonFlags {
   msrnn::KvType kv_type = msrnn::KvType::f32;  // CacheConfig::kv_type
   bool sinks_given = false;
   bool recent_given = false;
+  bool state_flags_given = false;  // any of --sinks, --recent, --positions, --kv-type
 
   /// Takes the flag if it is one of these.
   bool take(std::string_view flag, const std::string& value) {
@@ -117,6 +118,9 @@ struct CommonFlags {
       kv_type = parse_kv_type(value);
     } else {
       return false;
+    }
+    if (flag != "--model" && flag != "--tokenizer" && flag != "--threads") {
+      state_flags_given = true;
     }
     return true;
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -159,6 +160,32 @@ int guarded_main(F&& body) {
   } catch (const std::exception& e) {
     return report(e.what());
   }
+}
+
+/// A size in bytes: digits with an optional suffix K, M or G (binary: 2^10, 2^20, 2^30), at least
+/// 1 and below 2^60; anything else is an error naming the flag.
+inline std::size_t parse_bytes(std::string_view flag, const std::string& text) {
+  std::string digits = text;
+  long long unit = 1;
+  if (!digits.empty()) {
+    const char last = digits.back();
+    const std::string suffixes = "KMG";
+    const std::size_t which =
+        suffixes.find(static_cast<char>(std::toupper(static_cast<unsigned char>(last))));
+    if (which != std::string::npos) {
+      unit = 1LL << (10 * (which + 1));
+      digits.pop_back();
+    }
+  }
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(digits.c_str(), &end, 10);
+  if (digits.empty() || end != digits.c_str() + digits.size() || errno != 0 || value < 1 ||
+      value > (1LL << 60) / unit) {
+    fail(std::string(flag) + ": expected a size in bytes, such as 512M or 2G (suffixes K, M, G), " +
+         "got '" + text + "'");
+  }
+  return static_cast<std::size_t>(value * unit);
 }
 
 /// Items of a comma-separated flag value: none empty, duplicates dropped.

@@ -7,9 +7,12 @@
 #include <string>
 #include <string_view>
 
+#include "batch.hpp"
 #include "cli.hpp"
+#include "json.hpp"
 #include "model.hpp"
 #include "sampler.hpp"
+#include "session.hpp"
 #include "tokenizer.hpp"
 
 namespace {
@@ -36,18 +39,142 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
                         the text is the same for any number)
   --kv-type TYPE        how the cache stores keys and values: f32, f16, bf16 or q8
                         (default f32)
+  --save-state FILE     when generation ends, write the sequence's state to FILE: its
+                        cache, the next token, its position, the sampler
+  --load-state FILE     go on from a state --save-state wrote (with the same model):
+                        --steps then counts the new tokens; the state's policy, capacity,
+                        precision and positions are used, and its sampler (--temperature
+                        and --topp override it, --seed is ignored)
+  --prompts FILE        decode every line of FILE as a prompt (an empty line is BOS only),
+                        many at once: one JSON object a line on stdout, in prompt order,
+                        {"index": i, "prompt": "...", "completion": "...", "tokens": n}
+                        (n: the completion's tokens), and a summary on stderr. Each
+                        sequence samples with its own generator (--seed + its index), so its
+                        text does not depend on the batch
+  --batch N             with --prompts: most sequences decoded together (default 8)
+  --kv-budget BYTES     with --prompts: KV memory the sequences hold at once at most
+                        (suffixes K, M, G; default half the machine's memory). A sequence is
+                        admitted when its state fits: C + 1 slots for a bounded policy, all
+                        --steps tokens for full
   --help                this text
 Flags also take the form --flag=value.
 )";
 
 }  // namespace
 
+// --prompts: every line a sequence, decoded with continuous batching; JSON lines in prompt order.
+int generate_prompts(const std::string& path, cli::CommonFlags& common, const std::string& policy,
+                     long long capacity, long long steps, long long seed, double temperature,
+                     double topp, long long batch, std::size_t budget) {
+  std::string text;
+  try {
+    text = read_file(path, "prompts");
+  } catch (const FileError& e) {
+    cli::fail(e.what());
+  }
+  std::vector<std::string> prompts;  // a final newline ends the last line
+  for (std::size_t at = 0; at < text.size();) {
+    const std::size_t end = std::min(text.find('\n', at), text.size());
+    prompts.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  if (prompts.empty()) cli::fail(path + ": no prompts (the file is empty)");
+  const cli::ModelFiles files = common.load_model_files();
+  const LlamaWeights& weights = files.weights;
+  const Tokenizer& tokenizer = files.tokenizer;
+  if (!msrnn::policy_evicts(policy) && steps > weights.config.seq_len) {
+    std::fprintf(stderr, "note: --steps %lld is past the model's seq_len %lld; full stops there\n",
+                 steps, static_cast<long long>(weights.config.seq_len));
+    steps = weights.config.seq_len;
+  }
+  if (budget == 0) {
+    const double memory = cli::physical_memory_bytes();
+    budget = memory > 0 ? static_cast<std::size_t>(memory / 2) : std::size_t{1} << 32;
+  }
+  const std::uint64_t base_seed =
+      seed != 0
+          ? static_cast<std::uint64_t>(seed)
+          : static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  std::vector<Request> requests;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    Request r;
+    r.prompt = tokenizer.encode(prompts[i], /*bos=*/true);
+    r.max_tokens = steps;
+    r.temperature = static_cast<float>(temperature);
+    r.topp = static_cast<float>(topp);
+    r.seed = base_seed + i;
+    requests.push_back(std::move(r));
+  }
+  BatchSettings settings;
+  settings.max_batch = batch;
+  settings.kv_budget = budget;
+  settings.cache = common.settings(policy, capacity);
+
+  // Each sequence's completion grows as it goes; its line is printed once those before it are.
+  std::vector<std::string> completion(prompts.size());
+  std::vector<long long> generated(prompts.size(), 0);
+  std::vector<bool> done(prompts.size(), false);
+  std::size_t printed = 0;
+  auto print_ready = [&] {
+    for (; printed < prompts.size() && done[printed]; ++printed) {
+      JsonLine line;
+      line.field("index", static_cast<long long>(printed));
+      line.field("prompt", prompts[printed]);
+      line.field("completion", completion[printed]);
+      line.field("tokens", generated[printed]);
+      const std::string out = line.str() + "\n";
+      std::fwrite(out.data(), 1, out.size(), stdout);
+      cli::check_stdout();
+    }
+  };
+  BatchCallbacks callbacks;
+  callbacks.on_token = [&](const TokenEvent& e) {
+    if (e.sampled && e.next != kBos) {
+      completion[e.sequence] += tokenizer.decode(e.token, e.next);
+      ++generated[e.sequence];
+    }
+    if (e.next == kBos || e.position + 1 == requests[e.sequence].max_tokens) {
+      done[e.sequence] = true;
+    }
+  };
+  callbacks.on_step = [&](const StepEvent&) { print_ready(); };
+  Transformer model(weights, common.threads);
+  BatchResult result;
+  try {
+    result = decode_batch(model, requests, settings, callbacks);
+  } catch (const std::invalid_argument& e) {
+    std::string what = e.what();
+    if (what.rfind("msrnn: ", 0) == 0) what = what.substr(7);
+    cli::fail(what);
+  }
+  print_ready();
+  for (std::size_t i = 0; i < prompts.size(); ++i) {  // the stream and the result agree
+    if (generated[i] != static_cast<long long>(result.sequences[i].generated.size())) {
+      cli::fail("internal: sequence " + std::to_string(i) + " lost tokens");
+    }
+  }
+  const BatchSummary& s = result.summary;
+  std::size_t per_sequence = 0;
+  for (const SequenceResult& r : result.sequences)
+    per_sequence = std::max(per_sequence, r.kv_bytes);
+  std::fprintf(stderr,
+               "%lld sequences, %lld tokens in %.2f s: %.1f tokens/s; peak batch %lld of %lld; "
+               "KV bytes: %zu per sequence, %zu at the peak (budget %zu); policy %s\n",
+               static_cast<long long>(s.sequences), static_cast<long long>(s.tokens), s.seconds,
+               s.tokens_per_second(), static_cast<long long>(s.peak_batch), batch, per_sequence,
+               s.peak_kv_bytes, budget, policy.c_str());
+  return 0;
+}
+
 int run(int argc, char** argv) {
-  std::string prompt;
+  std::string prompt, save_path, load_path, prompts_path;
+  long long batch = 8;
+  bool batch_given = false;
+  std::size_t budget = 0;                          // 0: half the machine's memory
   long long steps = 256, seed = 0, capacity = -1;  // -1: the model's seq_len
   double temperature = 1.0, topp = 0.9;
   std::string policy = msrnn::Full::kName;
-  bool capacity_given = false;
+  bool capacity_given = false, policy_given = false, sampler_given = false, seed_given = false;
   cli::CommonFlags common;
   cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
     if (common.take(flag, value)) return true;
@@ -55,69 +182,146 @@ int run(int argc, char** argv) {
       prompt = value;
     else if (flag == "--steps")
       steps = cli::parse_int(flag, value, 1);
-    else if (flag == "--temperature")
+    else if (flag == "--temperature") {
       temperature = cli::parse_real(flag, value, 0.0, 100.0);
-    else if (flag == "--topp")
+      sampler_given = true;
+    } else if (flag == "--topp") {
       topp = cli::parse_real(flag, value, 0.0, 1.0);
-    else if (flag == "--seed")
+      sampler_given = true;
+    } else if (flag == "--seed") {
       seed = cli::parse_int(flag, value, 0);
-    else if (flag == "--policy")
+      seed_given = true;
+    } else if (flag == "--policy") {
       policy = cli::parse_policy(value);
-    else if (flag == "--capacity") {
+      policy_given = true;
+    } else if (flag == "--capacity") {
       capacity = cli::parse_int(flag, value, 0);
       capacity_given = true;
-    } else
+    } else if (flag == "--prompts")
+      prompts_path = value;
+    else if (flag == "--batch") {
+      batch = cli::parse_int(flag, value, 1, 4096);
+      batch_given = true;
+    } else if (flag == "--kv-budget") {
+      budget = cli::parse_bytes(flag, value);
+    } else if (flag == "--save-state")
+      save_path = value;
+    else if (flag == "--load-state")
+      load_path = value;
+    else
       return false;
     return true;
   });
-  common.warn_unused({policy}, capacity_given);
+  if (!prompts_path.empty()) {
+    if (!prompt.empty()) cli::fail("--prompt and --prompts: give one or the other");
+    if (!save_path.empty() || !load_path.empty()) {
+      cli::fail("--save-state and --load-state take one sequence, not --prompts");
+    }
+    common.warn_unused({policy}, capacity_given);
+    return generate_prompts(prompts_path, common, policy, capacity, steps, seed, temperature, topp,
+                            batch, budget);
+  }
+  if (batch_given || budget > 0) cli::warn("--batch and --kv-budget are for --prompts; ignored");
+  const bool resume = !load_path.empty();
+  if (resume) {
+    if (policy_given || capacity_given || common.state_flags_given) {
+      cli::warn(
+          "--load-state: the state's policy, capacity, precision and positions are used; "
+          "the flags that set them are ignored");
+    }
+    if (!prompt.empty()) cli::fail("--prompt and --load-state: a resumed sequence has its text");
+    if (seed_given) cli::warn("--seed is ignored with --load-state: the state's sampler goes on");
+  } else {
+    common.warn_unused({policy}, capacity_given);
+  }
+  if (!save_path.empty()) check_output_path("--save-state", save_path, {});
   const cli::ModelFiles files = common.load_model_files();
   const LlamaWeights& weights = files.weights;
   const Tokenizer& tokenizer = files.tokenizer;
-  if (!msrnn::policy_evicts(policy) && steps > weights.config.seq_len) {
+
+  // Where the loop starts: a new sequence's BOS and prompt, or a saved one's state.
+  SessionState at;
+  LlamaModel model =
+      cli::make_model(weights, common.settings(policy, capacity), resume ? 1 : steps);
+  if (resume) {
+    try {
+      model.cache() = load_session(load_path, weights,
+                                   cache_config(weights.config, common.settings(policy, capacity)),
+                                   common.threads, at);
+    } catch (const FileError& e) {
+      cli::fail(e.what());
+    }
+    policy = msrnn::policy_name(model.cache().policy());
+    if (sampler_given) {
+      at.temperature = static_cast<float>(temperature);
+      at.topp = static_cast<float>(topp);
+    }
+  } else {
+    const std::vector<int> prompt_tokens = tokenizer.encode(prompt, /*bos=*/true);
+    if (static_cast<long long>(prompt_tokens.size()) > steps && save_path.empty()) {
+      cli::warn("the prompt has " + std::to_string(prompt_tokens.size()) +
+                " tokens (BOS included), more than --steps " + std::to_string(steps) +
+                ": only its first " + std::to_string(steps) + " are read and nothing is generated");
+    }
+    at.token = prompt_tokens[0];
+    at.pending_prompt.assign(prompt_tokens.begin() + 1, prompt_tokens.end());
+    at.temperature = static_cast<float>(temperature);
+    at.topp = static_cast<float>(topp);
+    at.rng_state = seed != 0 ? static_cast<std::uint64_t>(seed)
+                             : static_cast<std::uint64_t>(
+                                   std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  const bool bounded = msrnn::policy_evicts(policy);
+  const long long limit = weights.config.seq_len - at.position;
+  if (!bounded && steps > limit) {
     std::fprintf(stderr,
                  "note: --steps %lld is past the model's seq_len %lld; full stops there "
                  "(a bounded --policy keeps going)\n",
                  steps, static_cast<long long>(weights.config.seq_len));
-    steps = weights.config.seq_len;
+    steps = std::max(0LL, limit);
   }
-  LlamaModel model = cli::make_model(weights, common.settings(policy, capacity), steps);
-  Sampler sampler(static_cast<float>(temperature), static_cast<float>(topp),
-                  seed != 0 ? static_cast<std::uint64_t>(seed)
-                            : static_cast<std::uint64_t>(
-                                  std::chrono::steady_clock::now().time_since_epoch().count()));
+  Sampler sampler(at.temperature, at.topp, at.rng_state);
 
   // As run.c: the prompt's tokens are forced, then each next token is sampled; BOS ends the text.
-  const std::vector<int> prompt_tokens = tokenizer.encode(prompt, /*bos=*/true);
-  if (static_cast<long long>(prompt_tokens.size()) > steps) {
-    cli::warn("the prompt has " + std::to_string(prompt_tokens.size()) +
-              " tokens (BOS included), more than --steps " + std::to_string(steps) +
-              ": only its first " + std::to_string(steps) + " are read and nothing is generated");
-  }
-  int token = prompt_tokens[0];
   const auto start = std::chrono::steady_clock::now();
   long long generated = 0;
-  for (long long pos = 0; pos < steps; ++pos) {
+  std::size_t forced = 0;  // of at.pending_prompt
+  int token = at.token;
+  for (long long i = 0; i < steps; ++i) {
     const RowVector& logits = model.forward(token);
-    const int next = pos + 1 < static_cast<long long>(prompt_tokens.size())
-                         ? prompt_tokens[static_cast<std::size_t>(pos + 1)]
-                         : sampler.sample(logits);
+    const int next =
+        forced < at.pending_prompt.size() ? at.pending_prompt[forced++] : sampler.sample(logits);
     ++generated;
+    const int previous = token;
+    token = next;  // the next to feed: a saved state resumes with it
     if (next == kBos) break;
-    const std::string piece = tokenizer.decode(token, next);
+    const std::string piece = tokenizer.decode(previous, next);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     cli::check_stdout();  // a lost write ends the run now, not after it
-    token = next;
   }
   std::printf("\n");
   cli::check_stdout();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!save_path.empty()) {
+    SessionState end;
+    end.token = token;
+    end.position = model.cache().tokens_seen(0);
+    end.pending_prompt.assign(at.pending_prompt.begin() + static_cast<std::ptrdiff_t>(forced),
+                              at.pending_prompt.end());
+    end.temperature = at.temperature;
+    end.topp = at.topp;
+    end.rng_state = sampler.random_state();
+    try {
+      save_session(save_path, weights, model.cache(), end);
+    } catch (const FileError& e) {
+      cli::fail(e.what());
+    }
+  }
   std::fprintf(stderr, "achieved tok/s: %.1f (%lld tokens, policy %s",
                static_cast<double>(generated) / seconds, generated, policy.c_str());
-  if (msrnn::policy_evicts(policy)) {
-    std::fprintf(stderr, ", capacity %lld",
-                 capacity >= 0 ? capacity : static_cast<long long>(weights.config.seq_len));
+  if (bounded) {
+    std::fprintf(stderr, ", capacity %lld", static_cast<long long>(model.cache().capacity()));
   }
   const Index threads = model.cache().config().threads;
   if (threads > 1) std::fprintf(stderr, ", %lld threads", static_cast<long long>(threads));

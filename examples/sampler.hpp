@@ -19,6 +19,12 @@ class Sampler {
   Sampler(float temperature, float topp, std::uint64_t seed)
       : temperature_(temperature), topp_(topp), rng_(seed == 0 ? 1 : seed) {}
 
+  float temperature() const { return temperature_; }
+  float topp() const { return topp_; }
+  /// The random generator's state: a Sampler made with it as the seed draws what this one would
+  /// draw next (a saved sequence resumed).
+  std::uint64_t random_state() const { return rng_.state(); }
+
   int sample(const msrnn::RowVector& logits) {
     msrnn::Index best = 0;
     if (temperature_ == 0.0f || !logits.allFinite()) {

@@ -3,7 +3,7 @@
 # files to build/bench/results/ (see bench/README.md for what each measures).
 #
 #   scripts/bench.sh            # bench_attention (3 repetitions, interleaved), bench_decoder,
-#                               # bench_engine
+#                               # bench_throughput, bench_engine
 #   scripts/bench.sh --smoke    # each benchmark once with a tiny time budget (CI)
 set -euo pipefail
 
@@ -20,7 +20,7 @@ build="$root/build/bench"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMSRNN_NATIVE=ON \
   -DMSRNN_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)" \
-  --target bench_attention bench_decoder bench_engine bench_soak msrnn-perplexity
+  --target bench_attention bench_decoder bench_throughput bench_engine bench_soak msrnn-perplexity
 results="$build/results"
 mkdir -p "$results"
 
@@ -32,6 +32,9 @@ if [ "$smoke" = 1 ]; then
   test "$(wc -l < "$results/attention_smoke.csv")" -eq $((1 + 2 * policies * 2 * 5))  # 2 shapes, 2 thread counts, 4 precisions + in_cache
   "$build/bench/bench_decoder" --positions 64,128 --tokens 2 --csv "$results/decoder_smoke.csv"
   test "$(wc -l < "$results/decoder_smoke.csv")" -eq $((1 + policies * 2))  # 2 positions
+  "$build/bench/bench_throughput" --model stories260K --tokens 256 --fractions 8 --steps 1 \
+    --budget 16M --csv "$results/throughput_smoke.csv"
+  test "$(wc -l < "$results/throughput_smoke.csv")" -eq $((3 * policies))  # full: 2 rows, others 3
   "$build/bench/bench_engine" --repeats 1 --rounds 1
   "$build/bench/bench_soak" --policy tova --capacity 64 --tokens 20000
   "$root/bench/quality_sweep" --chunks 1 --out "$results/quality_smoke" \
@@ -43,5 +46,6 @@ fi
   --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true \
   --csv "$results/attention.csv"
 "$build/bench/bench_decoder" --csv "$results/decoder.csv"
+"$build/bench/bench_throughput" --csv "$results/throughput.csv"
 "$build/bench/bench_engine"
 echo "CSV files in $results; the quality sweep is bench/quality_sweep (see bench/README.md)"

@@ -3,7 +3,8 @@
 # Installs only what is missing; needs root or sudo when something is.
 set -euo pipefail
 
-packages=(cmake make g++ clang libclang-rt-dev libeigen3-dev libgtest-dev libbenchmark-dev gnuplot-nox)
+packages=(cmake make g++ clang libclang-rt-dev libeigen3-dev libgtest-dev libbenchmark-dev gnuplot-nox
+  nlohmann-json3-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "msrnn/cache.hpp"
+#include "msrnn/state_file.hpp"
 #include "reference/masked_reference.hpp"
 #include "test_util.hpp"
 
@@ -830,6 +831,50 @@ TYPED_TEST(EveryPolicy, TheChunkPathTreatsANonFiniteStateAsTheStepPathDoes) {
             }
             EXPECT_EQ(all_kept(chunked), all_kept(stepped));
           }
+        }
+      }
+    }
+  }
+}
+
+// A saved state, loaded, goes on exactly like the cache it was saved from: the same outputs and
+// kept states bit for bit, and saved again, the same bytes. Saved before the first eviction, right
+// after it and deep into evictions (in_cache offsets past a rebase), at every precision, in every
+// position mode, loaded as the typed cache and as an AnyCache, with 1 or 2 threads.
+TYPED_TEST(EveryPolicy, ASavedStateLoadedGoesOnBitForBit) {
+  constexpr Index kCapacity = 6;
+  constexpr Index kTokens = 40;
+  for (const PolicyOptions& options : variants<TypeParam>()) {
+    for (Positions positions : kPositions) {
+      for (KvType type : kKvTypes) {
+        const Shape shape = kShapes[static_cast<int>(type) % 3];
+        CacheConfig config = make_config(shape, kCapacity, positions, 2, type);
+        const Stream s = make_stream(config, kTokens, 71);
+        for (Index saved_at : {Index{3}, kCapacity + 1, Index{29}}) {
+          SCOPED_TRACE(describe(options) +
+                       " positions=" + std::to_string(static_cast<int>(positions)) +
+                       " kv_type=" + to_string(type) + " saved after " + std::to_string(saved_at));
+          MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
+          // A prompt through the chunk path, then steps.
+          feed_chunks(cache, s, std::min<Index>(saved_at, 4), {});
+          for (Index t = std::min<Index>(saved_at, 4); t < saved_at; ++t) step_token(cache, s, t);
+          const std::string bytes = save_state(cache);
+          StateLoadOptions load;
+          load.model = config;
+          load.threads = saved_at % 2 == 1 ? 2 : 1;
+          MultiStateCache<TypeParam> typed = load_state<TypeParam>(bytes, load);
+          AnyCache any = load_state(bytes);
+          ASSERT_TRUE(save_state(typed) == bytes);
+          ASSERT_TRUE(save_state(any) == bytes);
+          EXPECT_EQ(all_kept(typed), all_kept(cache));
+          for (Index t = saved_at; t < kTokens; ++t) {
+            const RowMatrix want = step_token(cache, s, t);
+            ASSERT_TRUE(step_token(typed, s, t) == want) << "token " << t;
+            ASSERT_TRUE(step_token(any, s, t) == want) << "token " << t;
+          }
+          EXPECT_EQ(all_kept(typed), all_kept(cache));
+          EXPECT_TRUE(save_state(typed) == save_state(cache));
+          EXPECT_TRUE(save_state(any) == save_state(cache));
         }
       }
     }

@@ -31,6 +31,9 @@ namespace msrnn {
 
 namespace detail {
 
+// Reads and writes a cache's whole state (state_file.hpp): the one friend of MultiStateCache.
+struct StateAccess;
+
 /// True for an Eigen matrix or map that `Eigen::Ref<const RowMatrix>` binds through a temporary
 /// copy because it is column-major (compile-time vectors excepted: their layout is the same).
 template <class T, class = void>
@@ -128,6 +131,7 @@ template <class Policy = AnyPolicy>
 class MultiStateCache {
   static_assert(std::is_same_v<Policy, AnyPolicy> || is_policy_v<Policy>,
                 "Policy must be AnyPolicy or have the members listed in msrnn/policy.hpp");
+  friend struct detail::StateAccess;
 
  public:
   /// Checks the configuration and allocates all storage. Throws std::invalid_argument naming the

@@ -112,6 +112,20 @@ class InCacheKeys {
     move(g, slot, at_rank(g, rank), unrotated, positions);
   }
 
+  /// Puts back KV head g's offset and its slots' virtual positions as a saved state had them
+  /// (load_state, state_file.hpp): `virtual_positions[s]` for each of the `live` slots s, -1 for
+  /// the free one, base + rank for the others (the caller has checked it); each kept key is
+  /// rotated there again from `unrotated` (restored), which gives the bits it had: a rotated key
+  /// is always computed so. Angles prepared up to rows_needed(live).
+  void restore(Index g, Index base, const Index* virtual_positions, Index live,
+               const KeyStore& unrotated, const PositionEncoder& positions) noexcept {
+    assert(g >= 0 && g < n_kv_heads() && base >= 0 && base <= slots() && live <= slots());
+    base_[static_cast<std::size_t>(g)] = base;
+    for (Index s = 0; s < live; ++s) {
+      if (virtual_positions[s] >= 0) move(g, s, virtual_positions[s], unrotated, positions);
+    }
+  }
+
   /// Keys this step's eviction of `slot` re-rotates in KV head g, when its states fill slots
   /// [0, live) (right after an insert): the fewer of those older and those newer than it, and
   /// when base passes `slots` with it, the live - 1 that stay as well.

@@ -168,6 +168,31 @@ class SlotBlocks {
     std::memcpy(scales_.data() + scale_bytes(slot), &s, sizeof s);
     return s;
   }
+  /// q8: sets the scale of `slot`'s row as given (a restored row); nothing for the other types.
+  void put_scale(Index slot, float s) noexcept {
+    if (type_ == KvType::q8) std::memcpy(scales_.data() + scale_bytes(slot), &s, sizeof s);
+  }
+  /// Copies `slot`'s stored row to `row`: its head_dim values, value c at element(c) of the
+  /// blocks, then q8's scale; kv_row_bytes(type, head_dim) bytes in all. `put_row` copies one in.
+  template <class Element>
+  void get_row(Index slot, unsigned char* row, Element element) const noexcept {
+    const std::size_t size = kv_value_bytes(type_);
+    for (Index c = 0; c < head_dim_; ++c, row += size) std::memcpy(row, at(element(c)), size);
+    if (type_ == KvType::q8) {
+      const float s = scale(slot);
+      std::memcpy(row, &s, sizeof s);
+    }
+  }
+  template <class Element>
+  void put_row(Index slot, const unsigned char* row, Element element) noexcept {
+    const std::size_t size = kv_value_bytes(type_);
+    for (Index c = 0; c < head_dim_; ++c, row += size) std::memcpy(at(element(c)), row, size);
+    if (type_ == KvType::q8) {
+      float s = 0.0f;
+      std::memcpy(&s, row, sizeof s);
+      put_scale(slot, s);
+    }
+  }
   const unsigned char* data() const noexcept { return data_.data(); }
   const float* scales() const noexcept { return reinterpret_cast<const float*>(scales_.data()); }
 
@@ -244,6 +269,18 @@ class KeyStore {
                      blocks_.scale(slot));
   }
 
+  /// The stored bytes of the key in `slot`, as `write` left them: head_dim values of the type in
+  /// column order (the machine's byte order), then q8's float scale; kv_row_bytes(type(),
+  /// head_dim()) bytes. write_raw puts such a row back bit for bit (a saved state, state_file.hpp).
+  void read_raw(Index slot, unsigned char* row) const noexcept {
+    assert(slot >= 0 && slot < slots() && slot / detail::kBlockSlots < zeroed_);
+    blocks_.get_row(slot, row, [&](Index c) { return element(slot) + c * detail::kBlockSlots; });
+  }
+  void write_raw(Index slot, const unsigned char* row) noexcept {
+    assert(slot >= 0 && slot < slots());
+    while (zeroed_ <= slot / detail::kBlockSlots) blocks_.zero_block(zeroed_++);
+    blocks_.put_row(slot, row, [&](Index c) { return element(slot) + c * detail::kBlockSlots; });
+  }
   /// Rows [0, n) as floats: keys (>= n, head_dim), for the matrix products of a chunk.
   void read_rows(Index n, Eigen::Ref<RowMatrix> keys) const noexcept {
     assert(keys.rows() >= n && keys.cols() == head_dim());
@@ -323,6 +360,16 @@ class ValueStore {
     }
   }
 
+  /// The stored bytes of the value in `slot`, as KeyStore::read_raw gives a key's; write_raw puts
+  /// such a row back bit for bit.
+  void read_raw(Index slot, unsigned char* row) const noexcept {
+    assert(slot >= 0 && slot < slots());
+    blocks_.get_row(slot, row, [&](Index c) { return detail::value_element(head_dim(), slot, c); });
+  }
+  void write_raw(Index slot, const unsigned char* row) noexcept {
+    assert(slot >= 0 && slot < slots());
+    blocks_.put_row(slot, row, [&](Index c) { return detail::value_element(head_dim(), slot, c); });
+  }
   /// Rows [0, n) as floats: values (>= n, head_dim), for the matrix products of a chunk.
   void read_rows(Index n, Eigen::Ref<RowMatrix> values) const noexcept {
     assert(values.rows() >= n && values.cols() == head_dim());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "msrnn/attention.hpp"
+#include "msrnn/byte_io.hpp"
 #include "msrnn/cache.hpp"
 #include "msrnn/fork_join.hpp"
 #include "msrnn/in_cache_keys.hpp"
@@ -20,4 +21,5 @@
 #include "msrnn/positions.hpp"
 #include "msrnn/rope.hpp"
 #include "msrnn/slot_table.hpp"
+#include "msrnn/state_file.hpp"
 #include "msrnn/types.hpp"

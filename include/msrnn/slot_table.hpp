@@ -166,6 +166,25 @@ class SlotTable {
     seen_ = seen;
   }
 
+  // ---- a saved state put back (load_state, state_file.hpp, which checks it first) ------------
+
+  /// Sets the counters and each KV head's free slot of a saved table; `restore_slot` then puts
+  /// the position (kEmpty for none) and score of each slot in [0, used). The caller has checked
+  /// that they satisfy the invariant above.
+  void restore(Index held, Index seen, Index used, const std::vector<Index>& free_slots) noexcept {
+    assert(held >= 0 && held <= used && used <= held + 1 && used <= slots() && seen >= held);
+    assert(free_slots.size() == free_slot_.size());
+    held_ = held;
+    seen_ = seen;
+    used_ = used;
+    std::copy(free_slots.begin(), free_slots.end(), free_slot_.begin());
+  }
+  void restore_slot(Index g, Index slot, Index position, float score) noexcept {
+    assert(g >= 0 && g < n_kv_heads() && slot >= 0 && slot < used_);
+    position_(g, slot) = position;
+    score_(g, slot) = score;
+  }
+
   // ---- whole table ------------------------------------------------------------------------
 
   /// Forgets every state; writes no slot, keeps the storage. O(n_kv_heads).

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -24,7 +25,10 @@ class TempDir {
   }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
+  // Only the process that made it removes it: a death test's child that exits runs the static
+  // destructors too, and must not take the folder from the tests that follow.
   ~TempDir() {
+    if (::getpid() != owner_) return;
     std::error_code ignored;
     std::filesystem::remove_all(path_, ignored);
   }
@@ -41,6 +45,7 @@ class TempDir {
 
  private:
   std::string path_;
+  pid_t owner_ = ::getpid();
 };
 
 /// One folder for the whole test program, removed at its exit.

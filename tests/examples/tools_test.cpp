@@ -14,8 +14,11 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "checkpoint.hpp"
 #include "shared_data.hpp"
@@ -519,6 +522,166 @@ TEST(CommandLine, AMissingModelSaysWhereToPutIt) {
       ::testing::ExitedWithCode(2),
       "error: cannot find no_such_model.bin \\(looked in .*shared/models, .*/models\\); put "
       "it in one of them, set MSRNN_MODEL_DIR, or pass --model");
+}
+
+// --save-state / --load-state: N steps, saved, then M more from the state print, together, the
+// text of one run of N + M steps, greedy and sampled, for policies that evict (H2O's scores
+// included), in both position modes, with a prompt that outlasts the first run.
+TEST(CommandLine, ASavedSequenceResumedGoesOnAsOneRun) {
+  REQUIRE_SHARED_FILE(kModel);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  const std::string state = dir().file("sequence.state");
+  struct Case {
+    const char* cache;
+    const char* sampler;
+    const char* prompt;
+  };
+  const Case cases[] = {
+      {"--policy h2o --capacity 20", "--temperature 0", "Once upon a time"},
+      {"--policy tova --capacity 16 --positions in_cache --kv-type f16", "--temperature 0", ""},
+      {"--policy sink --capacity 12 --kv-type q8", "--temperature 1 --seed 7", "Lily and Ben"},
+      {"--policy full", "--temperature 0.8 --topp 0.9 --seed 3", "The cat"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.cache) + " " + c.sampler);
+    const std::string base = files + " " + c.cache + " " + c.sampler + " --prompt " +
+                             quoted(c.prompt);
+    const Outcome whole = run_tool(MSRNN_GENERATE_BIN, base + " --steps 90");
+    ASSERT_EQ(whole.status, 0) << whole.err;
+    // First 3 steps (the prompt still pending), then 40, then the rest from each saved state.
+    std::string text;
+    Outcome part = run_tool(MSRNN_GENERATE_BIN, base + " --steps 3 --save-state " + state);
+    ASSERT_EQ(part.status, 0) << part.err;
+    text += part.out.substr(0, part.out.size() - 1);  // without the final newline
+    for (int steps : {40, 47}) {
+      part = run_tool(MSRNN_GENERATE_BIN, files + " --steps " + std::to_string(steps) +
+                                              " --load-state " + state + " --save-state " + state);
+      ASSERT_EQ(part.status, 0) << part.err;
+      text += part.out.substr(0, part.out.size() - 1);
+    }
+    EXPECT_EQ(text + "\n", whole.out);
+    EXPECT_GT(whole.out.size(), 60u);
+  }
+}
+
+// A state file that is damaged, truncated, not a state, or of another model is refused with one
+// error line and status 2.
+TEST(CommandLine, ABadStateFileIsRefused) {
+  REQUIRE_SHARED_FILE(kModel);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  const std::string state = dir().file("good.state");
+  const Outcome saved = run_tool(MSRNN_GENERATE_BIN, files + " --steps 20 --policy window" +
+                                                         " --capacity 8 --save-state " + state);
+  ASSERT_EQ(saved.status, 0) << saved.err;
+  const std::string bytes = bytes_of(state);
+  ASSERT_GT(bytes.size(), 100u);
+  std::string flipped = bytes;
+  flipped[bytes.size() / 2] = static_cast<char>(flipped[bytes.size() / 2] ^ 1);
+  const std::string resume = files + " --steps 5 --load-state ";
+  expect_rejected(MSRNN_GENERATE_BIN, resume + write_temp("flipped.state", flipped),
+                  "checksum mismatch");
+  expect_rejected(MSRNN_GENERATE_BIN, resume + write_temp("cut.state", bytes.substr(0, 60)),
+                  "checksum mismatch");
+  expect_rejected(MSRNN_GENERATE_BIN, resume + write_temp("text.state", "hello, world\n"),
+                  "not a saved msrnn sequence");
+  expect_rejected(MSRNN_GENERATE_BIN, resume + dir().file("missing.state"), "does not exist");
+  const std::string austen = shared_path("models/austen2.5M.bin");
+  if (std::filesystem::exists(austen)) {
+    expect_rejected(MSRNN_GENERATE_BIN,
+                    "--model " + austen + " --tokenizer " + kTokenizer + " --steps 5" +
+                        " --load-state " + state,
+                    "another model");
+  }
+  expect_rejected(MSRNN_GENERATE_BIN, resume + state + " --prompt hi", "--prompt and --load-state");
+}
+
+// --prompts: one JSON object a line, in prompt order, that a real JSON parser reads back: prompts
+// with quotes, backslashes, control characters and invalid UTF-8 (which comes back as U+FFFD),
+// an empty line (BOS only); each completion is the text of that prompt decoded alone; the batch
+// does not change any text (sampled, too: each sequence has its own generator).
+TEST(CommandLine, PromptsGiveOneJsonLineEachInOrder) {
+  REQUIRE_SHARED_FILE(kModel);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  const std::vector<std::string> prompts = {
+      "Once upon a time", "", "The \"dog\" said \\ hi\tthere\x01", "Lily \xff\xfe and \xc3(",
+      "Tom"};
+  std::string text;
+  for (const std::string& p : prompts) text += p + "\n";
+  const std::string path = write_temp("prompts.txt", text);
+  const std::string cache = " --policy tova --capacity 16 --steps 50";
+  std::string outputs[2];
+  for (int b = 0; b < 2; ++b) {
+    const Outcome o = run_tool(MSRNN_GENERATE_BIN, files + cache + " --temperature 0 --prompts " +
+                                                       path + " --batch " + (b ? "3" : "1"));
+    ASSERT_EQ(o.status, 0) << o.err;
+    EXPECT_TRUE(mentions(o.err, "5 sequences")) << o.err;
+    EXPECT_TRUE(mentions(o.err, b ? "peak batch 3 of 3" : "peak batch 1 of 1")) << o.err;
+    outputs[b] = o.out;
+  }
+  EXPECT_EQ(outputs[0], outputs[1]);
+  std::istringstream lines(outputs[1]);
+  std::string line;
+  std::size_t index = 0;
+  while (std::getline(lines, line)) {
+    SCOPED_TRACE(line);
+    ASSERT_LT(index, prompts.size());
+    const nlohmann::json object = nlohmann::json::parse(line);  // throws on invalid JSON or UTF-8
+    ASSERT_TRUE(object.is_object());
+    EXPECT_EQ(object.size(), 4u);
+    EXPECT_EQ(object.at("index").get<long long>(), static_cast<long long>(index));
+    const std::string prompt = object.at("prompt").get<std::string>();
+    if (index == 3) {
+      EXPECT_EQ(prompt, "Lily \xef\xbf\xbd\xef\xbf\xbd and \xef\xbf\xbd(");
+    } else {
+      EXPECT_EQ(prompt, prompts[index]);
+    }
+    const std::string completion = object.at("completion").get<std::string>();
+    const long long tokens = object.at("tokens").get<long long>();
+    EXPECT_GT(tokens, 0);
+    EXPECT_LE(tokens, 50);
+    // Decoded alone, the prompt prints its own pieces and then this completion.
+    const Outcome alone = run_tool(MSRNN_GENERATE_BIN, files + cache + " --temperature 0" +
+                                                           " --prompt " + quoted(prompts[index]));
+    ASSERT_EQ(alone.status, 0) << alone.err;
+    if (index != 3) {  // (invalid UTF-8 is replaced in JSON, not in the plain text)
+      ASSERT_GE(alone.out.size(), completion.size() + 1);
+      EXPECT_EQ(alone.out.substr(alone.out.size() - completion.size() - 1), completion + "\n");
+    }
+    ++index;
+  }
+  EXPECT_EQ(index, prompts.size());
+  // Sampled: the batch changes nothing either.
+  const std::string sampled = files + cache + " --temperature 1 --seed 11 --prompts " + path;
+  const Outcome one = run_tool(MSRNN_GENERATE_BIN, sampled + " --batch 1");
+  const Outcome four = run_tool(MSRNN_GENERATE_BIN, sampled + " --batch 4");
+  ASSERT_EQ(one.status, 0) << one.err;
+  EXPECT_EQ(one.out, four.out);
+  EXPECT_NE(one.out, outputs[0]);
+}
+
+// --kv-budget admits sequences by their KV bytes: Full reserves --steps tokens, a bounded
+// policy C + 1 slots, so the same budget holds more bounded sequences; one that cannot fit alone
+// is an error.
+TEST(CommandLine, KvBudgetDecidesTheBatch) {
+  REQUIRE_SHARED_FILE(kModel);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  std::string text;
+  for (int i = 0; i < 8; ++i) text += "Once\n";
+  const std::string path = write_temp("eight.txt", text);
+  // stories260K: 5 layers, 4 KV heads, head_dim 8: 1,280 bytes a slot in f32.
+  const std::string run = files + " --temperature 0 --steps 64 --batch 8 --prompts " + path;
+  const Outcome full = run_tool(MSRNN_GENERATE_BIN, run + " --policy full --kv-budget 200K");
+  ASSERT_EQ(full.status, 0) << full.err;
+  EXPECT_TRUE(mentions(full.err, "81920 per sequence")) << full.err;  // 64 slots
+  EXPECT_TRUE(mentions(full.err, "peak batch 2 of 8")) << full.err;
+  const Outcome tova =
+      run_tool(MSRNN_GENERATE_BIN, run + " --policy tova --capacity 15 --kv-budget 200K");
+  ASSERT_EQ(tova.status, 0) << tova.err;
+  EXPECT_TRUE(mentions(tova.err, "20480 per sequence")) << tova.err;  // 16 slots
+  EXPECT_TRUE(mentions(tova.err, "peak batch 8 of 8")) << tova.err;
+  expect_rejected(MSRNN_GENERATE_BIN, run + " --policy full --kv-budget 64K",
+                  "needs 81920 bytes of KV state");
+  expect_rejected(MSRNN_GENERATE_BIN, run + " --kv-budget 12X", "--kv-budget");
 }
 
 }  // namespace

@@ -1,0 +1,103 @@
+// libFuzzer target: load_state on hostile bytes. Two kinds of input: raw bytes as a file (the
+// header and checksum checks), and, since a random edit almost never passes the checksum, a
+// valid state saved from a cache the input configures and steps, then edited by the input and
+// resealed with a correct checksum (the checks of the payload). Whatever loads must be usable:
+// it steps with every output finite and at most C states, and saved again it loads again to the
+// same bytes. Anything else must be std::invalid_argument.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <msrnn/msrnn.hpp>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace {
+
+struct Bytes {
+  const std::uint8_t* data;
+  std::size_t size;
+  std::size_t at = 0;
+  std::uint8_t next() { return at < size ? data[at++] : 0; }
+  bool empty() const { return at >= size; }
+  float value() { return (static_cast<float>(next()) - 127.5f) / 32.0f; }  // [-4, 4]
+};
+
+using msrnn::Index;
+using msrnn::RowMatrix;
+
+void step_all(msrnn::AnyCache& cache, Bytes& in, Index tokens) {
+  const msrnn::CacheConfig& c = cache.config();
+  RowMatrix q(c.n_q_heads, c.head_dim), k(c.n_kv_heads, c.head_dim), v(c.n_kv_heads, c.head_dim);
+  RowMatrix out(c.n_q_heads, c.head_dim);
+  for (Index t = 0; t < tokens; ++t) {
+    for (Index l = 0; l < c.n_layers; ++l) {
+      for (Index i = 0; i < q.size(); ++i) q.data()[i] = in.value();
+      for (Index i = 0; i < k.size(); ++i) k.data()[i] = in.value();
+      for (Index i = 0; i < v.size(); ++i) v.data()[i] = in.value();
+      cache.step(l, q, k, v, out);
+      if (cache.size(l) > cache.capacity()) __builtin_trap();
+    }
+  }
+}
+
+// A valid state from the input's first bytes: a small cache of any policy, precision and
+// position mode, stepped a few tokens.
+std::string made_state(Bytes& in) {
+  msrnn::CacheConfig config;
+  config.n_layers = 1 + in.next() % 2;
+  config.n_kv_heads = 1 + in.next() % 2;
+  config.n_q_heads = config.n_kv_heads * (1 + in.next() % 2);
+  config.head_dim = 2 * (1 + in.next() % 3);
+  config.capacity = 2 + in.next() % 5;  // above the 1 sink
+  config.kv_type = static_cast<msrnn::KvType>(in.next() % 4);
+  const std::uint8_t rope = in.next() % 3;
+  if (rope > 0) {
+    config.rope = msrnn::Rope(config.head_dim);
+    config.positions = rope == 1 ? msrnn::PositionMode::absolute : msrnn::PositionMode::in_cache;
+  }
+  msrnn::PolicyOptions options;
+  options.name = std::string(msrnn::kPolicyNames[in.next() % msrnn::kPolicyNames.size()]);
+  options.sinks = 1;
+  options.recent = 0;
+  options.granularity =
+      in.next() % 2 ? msrnn::TovaGranularity::head : msrnn::TovaGranularity::layer;
+  msrnn::AnyCache cache(config, msrnn::make_policy(options));
+  step_all(cache, in, in.next() % 12);
+  return msrnn::save_state(cache);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  Bytes in{data, size};
+  std::string bytes;
+  if (in.next() % 2 == 0) {
+    bytes.assign(reinterpret_cast<const char*>(data) + 1, size > 0 ? size - 1 : 0);
+  } else {
+    bytes = made_state(in);
+    // Edits: (offset, byte) pairs, then maybe a truncation; resealed unless told otherwise.
+    const std::size_t edits = in.next() % 4;
+    for (std::size_t e = 0; e < edits && bytes.size() > 32; ++e) {
+      const std::size_t at = 32 + (in.next() * 256U + in.next()) % (bytes.size() - 32);
+      bytes[at] = static_cast<char>(in.next());
+    }
+    if (in.next() % 8 == 0) bytes.resize(bytes.size() - in.next() % bytes.size());
+    if (bytes.size() >= 32 && in.next() % 8 != 0) {
+      const std::uint64_t sum = msrnn::state_checksum(
+          reinterpret_cast<const unsigned char*>(bytes.data()) + 32, bytes.size() - 32);
+      std::memcpy(&bytes[24], &sum, sizeof sum);
+    }
+  }
+  msrnn::StateLoadOptions options;
+  options.max_bytes = std::size_t{64} << 20;
+  try {
+    msrnn::AnyCache cache = msrnn::load_state(bytes, options);
+    const std::string again = msrnn::save_state(cache);
+    if (msrnn::save_state(msrnn::load_state(again, options)) != again) __builtin_trap();
+    step_all(cache, in, 3);
+  } catch (const std::invalid_argument&) {
+    return 0;  // refused, as it must be
+  }
+  return 0;
+}
