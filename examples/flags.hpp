@@ -180,8 +180,9 @@ inline std::size_t parse_bytes(std::string_view flag, const std::string& text) {
   char* end = nullptr;
   errno = 0;
   const long long value = std::strtoll(digits.c_str(), &end, 10);
-  if (digits.empty() || end != digits.c_str() + digits.size() || errno != 0 || value < 1 ||
-      value > (1LL << 60) / unit) {
+  const bool plain = !digits.empty() && std::isdigit(static_cast<unsigned char>(digits[0]));
+  if (!plain || end != digits.c_str() + digits.size() || errno != 0 || value < 1 ||
+      value >= (1LL << 60) / unit) {
     fail(std::string(flag) + ": expected a size in bytes, such as 512M or 2G (suffixes K, M, G), " +
          "got '" + text + "'");
   }

@@ -4,6 +4,7 @@
 // Prints the text as it is generated; tokens/s and the KV state size go to stderr.
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <string_view>
 
@@ -61,6 +62,12 @@ Flags also take the form --flag=value.
 )";
 
 }  // namespace
+
+// Most bytes a loaded state's cache may take: the machine's memory (none if unknown).
+std::size_t max_state_bytes() {
+  const double memory = cli::physical_memory_bytes();
+  return memory > 0 ? static_cast<std::size_t>(memory) : std::numeric_limits<std::size_t>::max();
+}
 
 // --prompts: every line a sequence, decoded with continuous batching; JSON lines in prompt order.
 int generate_prompts(const std::string& path, cli::CommonFlags& common, const std::string& policy,
@@ -247,7 +254,7 @@ int run(int argc, char** argv) {
     try {
       model.cache() = load_session(load_path, weights,
                                    cache_config(weights.config, common.settings(policy, capacity)),
-                                   common.threads, at);
+                                   common.threads, max_state_bytes(), at);
     } catch (const FileError& e) {
       cli::fail(e.what());
     }
@@ -287,7 +294,10 @@ int run(int argc, char** argv) {
   long long generated = 0;
   std::size_t forced = 0;  // of at.pending_prompt
   int token = at.token;
-  for (long long i = 0; i < steps; ++i) {
+  // A saved sequence that had ended (BOS came next) stays ended, as one longer run would.
+  const bool ended = resume && token == kBos && at.position > 0 && at.pending_prompt.empty();
+  if (ended) cli::warn("--load-state: the saved sequence had ended (BOS); nothing to generate");
+  for (long long i = 0; i < steps && !ended; ++i) {
     const RowVector& logits = model.forward(token);
     const int next =
         forced < at.pending_prompt.size() ? at.pending_prompt[forced++] : sampler.sample(logits);

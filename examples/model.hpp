@@ -95,8 +95,9 @@ class Transformer {
   /// policy, capacity and length. Throws std::out_of_range for a token outside the vocabulary
   /// and std::invalid_argument for a bad cache, before anything runs; what a cache's step
   /// throws (Full's growth: std::bad_alloc) comes out after the layer, the caches then holding
-  /// part of the token (reset them). Allocates nothing once `reserve`d for B tokens (but Full's
-  /// growth).
+  /// part of the token (reset them). Once `reserve`d for B tokens its scratch does not grow and
+  /// the caches allocate nothing (but Full's growth); Eigen's matrix products take their packing
+  /// buffers from Eigen's heap, per block (`product`).
   ConstRowMap forward_batch(const std::vector<int>& tokens,
                             const std::vector<msrnn::AnyCache*>& caches) {
     if (tokens.size() != caches.size()) {

@@ -76,12 +76,13 @@ inline void save_session(const std::string& path, const LlamaWeights& weights,
   out.commit();
 }
 
-/// Reads a session saved by save_session for this model: its cache (threads as given) and where
-/// the loop stands. Throws FileError("<path>: <what>") for a file that cannot be read, is not a
-/// saved sequence, is damaged, or belongs to another model.
+/// Reads a session saved by save_session for this model: its cache (threads as given; one that
+/// would need more than max_bytes is refused before it is allocated) and where the loop stands.
+/// Throws FileError("<path>: <what>") for a file that cannot be read, is not a saved sequence, is
+/// damaged, or belongs to another model.
 inline msrnn::AnyCache load_session(const std::string& path, const LlamaWeights& weights,
                                     const msrnn::CacheConfig& model, Index threads,
-                                    SessionState& s) {
+                                    std::size_t max_bytes, SessionState& s) {
   const std::string bytes = read_file(path, "saved state");  // throws FileError
   auto bad = [&](const std::string& what) -> FileError { return FileError(path + ": " + what); };
   if (bytes.size() < kSessionMagic.size() + 8 ||
@@ -132,13 +133,16 @@ inline msrnn::AnyCache load_session(const std::string& path, const LlamaWeights&
     msrnn::StateLoadOptions options;
     options.model = model;
     options.threads = threads;
+    options.max_bytes = max_bytes;
     const unsigned char* state = r.take(static_cast<std::size_t>(size), "the cache state");
     msrnn::AnyCache cache = msrnn::load_state(
         std::string_view(reinterpret_cast<const char*>(state), static_cast<std::size_t>(size)),
         options);
-    if (s.position < 0 || s.position != cache.tokens_seen(0)) {
-      r.fail("position " + std::to_string(s.position) + " is not the cache's tokens seen (" +
-             std::to_string(cache.tokens_seen(0)) + ")");
+    for (Index l = 0; l < cache.config().n_layers; ++l) {  // every layer saw every token
+      if (s.position < 0 || s.position != cache.tokens_seen(l)) {
+        r.fail("position " + std::to_string(s.position) + " is not the tokens layer " +
+               std::to_string(l) + " has seen (" + std::to_string(cache.tokens_seen(l)) + ")");
+      }
     }
     return cache;
   } catch (const std::invalid_argument& e) {

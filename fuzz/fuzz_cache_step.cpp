@@ -12,18 +12,9 @@
 #include <string>
 #include <vector>
 
-namespace {
+#include "fuzz_bytes.hpp"
 
-struct Bytes {
-  const std::uint8_t* data;
-  std::size_t size;
-  std::size_t at = 0;
-  std::uint8_t next() { return at < size ? data[at++] : 0; }
-  bool empty() const { return at >= size; }
-  float value() { return (static_cast<float>(next()) - 127.5f) / 32.0f; }  // [-4, 4]
-};
-
-}  // namespace
+using fuzz::Bytes;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using msrnn::Index;

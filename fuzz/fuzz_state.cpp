@@ -3,7 +3,8 @@
 // valid state saved from a cache the input configures and steps, then edited by the input and
 // resealed with a correct checksum (the checks of the payload). Whatever loads must be usable:
 // it steps with every output finite and at most C states, and saved again it loads again to the
-// same bytes. Anything else must be std::invalid_argument.
+// same bytes, and takes a chunk and an appended state. Anything else must be
+// std::invalid_argument.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -12,16 +13,11 @@
 #include <string>
 #include <string_view>
 
+#include "fuzz_bytes.hpp"
+
 namespace {
 
-struct Bytes {
-  const std::uint8_t* data;
-  std::size_t size;
-  std::size_t at = 0;
-  std::uint8_t next() { return at < size ? data[at++] : 0; }
-  bool empty() const { return at >= size; }
-  float value() { return (static_cast<float>(next()) - 127.5f) / 32.0f; }  // [-4, 4]
-};
+using fuzz::Bytes;
 
 using msrnn::Index;
 using msrnn::RowMatrix;
@@ -56,6 +52,7 @@ std::string made_state(Bytes& in) {
     config.rope = msrnn::Rope(config.head_dim);
     config.positions = rope == 1 ? msrnn::PositionMode::absolute : msrnn::PositionMode::in_cache;
   }
+  if (in.next() % 4 == 0) config.max_tokens = 1 + in.next() % 8;
   msrnn::PolicyOptions options;
   options.name = std::string(msrnn::kPolicyNames[in.next() % msrnn::kPolicyNames.size()]);
   options.sinks = 1;
@@ -96,6 +93,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::string again = msrnn::save_state(cache);
     if (msrnn::save_state(msrnn::load_state(again, options)) != again) __builtin_trap();
     step_all(cache, in, 3);
+    // The chunk path and append, which rely on the slot layout, too.
+    const msrnn::CacheConfig& c = cache.config();
+    const Index t = 1 + in.next() % 3;
+    RowMatrix q(t, c.n_q_heads * c.head_dim), k(t, c.n_kv_heads * c.head_dim);
+    for (Index i = 0; i < q.size(); ++i) q.data()[i] = in.value();
+    for (Index i = 0; i < k.size(); ++i) k.data()[i] = in.value();
+    RowMatrix out(t, c.n_q_heads * c.head_dim);
+    cache.step_chunk(0, q, k, k, out);
+    if (cache.capacity() == msrnn::kUnbounded || cache.size(0) < cache.capacity()) {
+      cache.append(0, k.topRows(1), k.topRows(1));
+    }
+    if (cache.size(0) > cache.capacity()) __builtin_trap();
   } catch (const std::invalid_argument&) {
     return 0;  // refused, as it must be
   }

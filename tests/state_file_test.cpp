@@ -62,7 +62,7 @@ T peek(const std::string& bytes, std::size_t at) {
 struct Offsets {
   std::size_t layer;  // the first layer's held
   Offsets(const std::string& name) {
-    const std::size_t config = 5 * 8 + 1 + 1 + 4 + 1 + 8;  // no rope
+    const std::size_t config = 5 * 8 + 1 + 1 + 4 + 1 + 1 + 8;  // no rope
     const std::size_t policy = 4 + name.size() + 8 + 8 + 1 + 1;
     layer = kHeader + config + policy;
   }
@@ -223,13 +223,73 @@ TEST(StateFile, InconsistentStatesAreRefusedByName) {
               poke<std::uint8_t>(b, kHeader + 40 + 1 + 1 + 4, 7);
             }).find("kv_type = 7"),
             std::string::npos);
-  EXPECT_NE(edited([&](std::string& b) { b[kHeader + 55 + 4] = 'W'; }).find("unknown policy"),
+  EXPECT_NE(edited([&](std::string& b) { b[kHeader + 56 + 4] = 'W'; }).find("unknown policy"),
             std::string::npos);
   // A payload longer than its layers.
   std::string longer = bytes + std::string(8, '\0');
   poke<std::uint64_t>(longer, 16, longer.size() - kHeader);
   EXPECT_NE(load_error(resealed(longer)).find("8 bytes are left after the last layer"),
             std::string::npos);
+}
+
+// Before its first eviction a layer's states fill slots [0, held) in position order, and only a
+// full cache that evicted uses held + 1 slots (step_chunk and append rely on both).
+TEST(StateFile, TheSlotLayoutOfACacheThatNeverEvictedIsChecked) {
+  const std::string name = "window";
+  const std::string bytes = save_state(stepped(name, 8, 5));
+  const Offsets at(name);
+  ASSERT_EQ(peek<std::int64_t>(bytes, at.held()), 5);
+  ASSERT_EQ(peek<std::int64_t>(bytes, at.used()), 5);
+  const auto p = [&](Index g, Index s) { return at.position(g, s, 5); };
+  std::string swapped = bytes;
+  for (Index g = 0; g < 2; ++g) {
+    poke<std::int64_t>(swapped, p(g, 0), peek<std::int64_t>(bytes, p(g, 1)));
+    poke<std::int64_t>(swapped, p(g, 1), peek<std::int64_t>(bytes, p(g, 0)));
+  }
+  EXPECT_NE(load_error(resealed(swapped)).find("the positions ascend with the slots"),
+            std::string::npos);
+  std::string extra = bytes;  // one more slot used, as if it had evicted, with 5 of 8 states
+  poke<std::int64_t>(extra, at.used(), 6);
+  EXPECT_NE(load_error(resealed(extra)).find("once a full cache has evicted"), std::string::npos);
+  // And the loaded cache takes a prompt through the chunk path, and appended states, as the
+  // original does.
+  AnyCache original = load_state(bytes);
+  AnyCache loaded = load_state(bytes);
+  const RowMatrix q = random_matrix(2, 16, 9), k = random_matrix(2, 8, 10);
+  RowMatrix out_a(2, 16), out_b(2, 16);
+  original.step_chunk(0, q, k, k, out_a);
+  loaded.step_chunk(0, q, k, k, out_b);
+  EXPECT_TRUE(out_a == out_b);
+  original.append(0, k.topRows(1), k.topRows(1));
+  loaded.append(0, k.topRows(1), k.topRows(1));
+  EXPECT_TRUE(save_state(original) == save_state(loaded));
+  EXPECT_EQ(loaded.size(0), 8);
+}
+
+// A state remembers the decode kernels it ran: loaded where the CPU has them, it uses them (each
+// vector unit rounds its sums its own way), unless told otherwise.
+TEST(StateFile, TheSavedKernelsAreKept) {
+  CacheConfig config = small_config(4, 2, 16, 6);
+  config.kernels = Kernels::portable;
+  AnyCache cache(config, make_policy(named("tova")));
+  const RowMatrix q = random_matrix(20, 64, 3), k = random_matrix(20, 32, 4);
+  RowMatrix out(4, 16), again(4, 16);
+  auto step = [&](AnyCache& c, Index t, RowMatrix& o) {
+    c.step(0, Eigen::Map<const RowMatrix>(q.row(t).data(), 4, 16),
+           Eigen::Map<const RowMatrix>(k.row(t).data(), 2, 16),
+           Eigen::Map<const RowMatrix>(k.row(t).data(), 2, 16), o);
+  };
+  for (Index t = 0; t < 10; ++t) step(cache, t, out);
+  AnyCache loaded = load_state(save_state(cache));
+  EXPECT_EQ(loaded.kernels(), Kernels::portable);
+  for (Index t = 10; t < 20; ++t) {
+    step(cache, t, out);
+    step(loaded, t, again);
+    ASSERT_TRUE(out == again) << t;
+  }
+  StateLoadOptions options;
+  options.kernels = best_kernels();
+  EXPECT_EQ(load_state(save_state(cache), options).kernels(), best_kernels());
 }
 
 TEST(StateFile, InCacheRanksAreChecked) {
@@ -245,8 +305,8 @@ TEST(StateFile, InCacheRanksAreChecked) {
                Eigen::Map<const RowMatrix>(k.row(t).data(), 1, 4), out);
   }
   const std::string bytes = save_state(cache);
-  // config with a rope: 5 i64, u8, f64, u8, u8, f32, u8, i64; policy "tova".
-  const std::size_t layer = kHeader + 40 + 1 + 8 + 1 + 1 + 4 + 1 + 8 + 4 + 4 + 18;
+  // config with a rope: 5 i64, u8, f64, u8, u8, f32, u8, u8, i64; policy "tova".
+  const std::size_t layer = kHeader + 40 + 1 + 8 + 1 + 1 + 4 + 1 + 1 + 8 + 4 + 4 + 18;
   const Index used = peek<std::int64_t>(bytes, layer + 16);
   ASSERT_EQ(used, 5);
   const Index free = peek<std::int64_t>(bytes, layer + 24);
@@ -255,7 +315,19 @@ TEST(StateFile, InCacheRanksAreChecked) {
   const std::size_t virtual_at = layer + 40 + 20 * static_cast<std::size_t>(slot) + 12;
   std::string rank = bytes;
   poke<std::int64_t>(rank, virtual_at, peek<std::int64_t>(bytes, virtual_at) + 9);
-  EXPECT_NE(load_error(resealed(rank)).find("but its position makes it rank"), std::string::npos);
+  EXPECT_NE(load_error(resealed(rank)).find("the rank is out of place"), std::string::npos);
+  // An offset in a cache that never evicted: only evictions move it, and only a full one evicts.
+  AnyCache young(config, make_policy(named("tova")));
+  for (Index t = 0; t < 3; ++t) {
+    young.step(0, Eigen::Map<const RowMatrix>(q.row(t).data(), 2, 4),
+               Eigen::Map<const RowMatrix>(k.row(t).data(), 1, 4),
+               Eigen::Map<const RowMatrix>(k.row(t).data(), 1, 4), out);
+  }
+  std::string moved = save_state(young);
+  ASSERT_EQ(peek<std::int64_t>(moved, layer + 16), 3);  // 3 slots used, no eviction
+  poke<std::int64_t>(moved, base, 1);
+  EXPECT_NE(load_error(resealed(moved)).find("says states were evicted, but the layer holds 3"),
+            std::string::npos);
   std::string offset = bytes;
   poke<std::int64_t>(offset, base, 6);  // past C + 1
   EXPECT_NE(load_error(resealed(offset)).find("in_cache base 6 is out of range [0, 5]"),

@@ -19,8 +19,8 @@
 #include <variant>
 #include <vector>
 
-#include "msrnn/cache.hpp"
 #include "msrnn/byte_io.hpp"
+#include "msrnn/cache.hpp"
 #include "msrnn/policy.hpp"
 
 namespace msrnn {
@@ -38,14 +38,18 @@ struct StateLoadOptions {
   /// saved ones; its other fields are not compared (capacity, policy, positions, kv_type are the
   /// state's own).
   std::optional<CacheConfig> model;
-  /// The loaded cache's run-time settings (CacheConfig's fields of the same names): not part of
-  /// the state, they change no result.
+  /// The loaded cache's run-time settings (CacheConfig's fields of the same names). threads and
+  /// max_chunk change no result. kernels does, in the last bits (each vector unit rounds its
+  /// sums its own way): automatic takes the kernels the state was saved with when this CPU has
+  /// them (bit for bit), else this CPU's best.
   Index threads = 1;
   Kernels kernels = Kernels::automatic;
   Index max_chunk = 256;
-  /// Most bytes the loaded cache may allocate (its keys and values, and an estimate of its
-  /// scratch that errs high): a state that would need more is refused before anything is
-  /// allocated. A server loading states it did not write sets it.
+  /// Most bytes the loaded cache may allocate (its keys and values, bookkeeping and scratch,
+  /// estimated from above): a state that would need more is refused before anything is
+  /// allocated. The default is no limit, which trusts the bytes' capacity: a state of capacity
+  /// 2^40 asks for its slots as a constructed cache would (and gets std::bad_alloc). Set it
+  /// when loading states you did not write.
   std::size_t max_bytes = std::numeric_limits<std::size_t>::max();
 };
 
@@ -62,7 +66,8 @@ struct StateLoadOptions {
 //                u8 rope (0 none, 1 present); if present f64 theta, u8 layout (0 interleaved,
 //                1 half_split)
 //                u8 positions (0 absolute, 1 in_cache), f32 scale (the factor on q.k),
-//                u8 kv_type (0 f32, 1 f16, 2 bf16, 3 q8), i64 max_tokens (0: not set)
+//                u8 kv_type (0 f32, 1 f16, 2 bf16, 3 q8), u8 kernels (the decode kernels it
+//                ran: 1 portable, 2 avx2, 3 avx512), i64 max_tokens (0: not set)
 //     policy     u32 length + name (kPolicyNames), i64 sinks, i64 recent (resolved: C / 2 is
 //                saved as its value), u8 normalize, u8 granularity (0 layer, 1 head)
 //     n_layers times:
@@ -151,6 +156,7 @@ struct StateAccess {
     w.put<std::uint8_t>(static_cast<std::uint8_t>(c.positions));
     w.put<float>(cache.scale_);
     w.put<std::uint8_t>(static_cast<std::uint8_t>(c.kv_type));
+    w.put<std::uint8_t>(static_cast<std::uint8_t>(cache.kernels_used_));
     w.put<std::int64_t>(c.max_tokens.value_or(0));
     const PolicyOptions options = options_of(cache.policy_);
     w.put_string(options.name);
@@ -272,7 +278,6 @@ struct StateAccess {
     ByteReader r(payload, context());
     if (!little_endian()) r.fail("saved states are little-endian; this machine is not");
     check_checksum(header, payload);
-    constexpr Index kMax = std::numeric_limits<Index>::max();
     // Limits that only keep the products below overflow; the memory check comes later.
     constexpr Index kMaxDim = Index{1} << 24;
     CacheConfig config;
@@ -282,7 +287,12 @@ struct StateAccess {
     config.n_kv_heads =
         in_range<Index>(r, "n_kv_heads", r.get<std::int64_t>("n_kv_heads"), 1, kMaxDim);
     config.head_dim = in_range<Index>(r, "head_dim", r.get<std::int64_t>("head_dim"), 1, kMaxDim);
-    config.capacity = in_range<Index>(r, "capacity", r.get<std::int64_t>("capacity"), 1, kMax);
+    // Capacities and lengths past kMaxPosition mean nothing (positions stop there), and keep the
+    // arithmetic on them far from overflow; Full's kUnbounded is its default reservation.
+    config.capacity = r.get<std::int64_t>("capacity");
+    if (config.capacity != kUnbounded) {
+      in_range<Index>(r, "capacity", config.capacity, 1, kMaxPosition);
+    }
     const auto has_rope = in_range<int>(r, "rope", r.get<std::uint8_t>("rope"), 0, 1);
     double theta = 0.0;
     int layout = 0;
@@ -305,8 +315,11 @@ struct StateAccess {
     config.scale = scale;
     config.kv_type =
         static_cast<KvType>(in_range<int>(r, "kv_type", r.get<std::uint8_t>("kv_type"), 0, 3));
+    const auto saved_kernels = static_cast<Kernels>(
+        in_range<int>(r, "kernels", r.get<std::uint8_t>("kernels"),
+                      static_cast<int>(Kernels::portable), static_cast<int>(Kernels::avx512)));
     const Index max_tokens =
-        in_range<Index>(r, "max_tokens", r.get<std::int64_t>("max_tokens"), 0, kMax);
+        in_range<Index>(r, "max_tokens", r.get<std::int64_t>("max_tokens"), 0, kMaxPosition);
     if (max_tokens > 0) config.max_tokens = max_tokens;
     PolicyOptions policy_options;
     policy_options.name = r.get_string("policy name", 64);
@@ -321,7 +334,10 @@ struct StateAccess {
     }
     if (options.model) check_model(r, config, has_rope, theta, layout, *options.model);
     config.threads = options.threads;
-    config.kernels = options.kernels;
+    // The saved kernels where this CPU has them: another unit's sums round differently.
+    config.kernels = options.kernels != Kernels::automatic ? options.kernels
+                     : kernels_available(saved_kernels)    ? saved_kernels
+                                                           : Kernels::automatic;
     config.max_chunk = options.max_chunk;
 
     // The policy, by name; a typed cache takes only its own.
@@ -340,6 +356,9 @@ struct StateAccess {
       r.fail(error.what());
     }
     const bool evicts = policy_evicts(policy_options.name);
+    if (evicts && config.capacity == kUnbounded) {
+      r.fail("capacity = unbounded: policy " + policy_options.name + " needs a finite one");
+    }
     const bool in_cache = config.positions == PositionMode::in_cache;
     const bool layer_wide = !per_head(*policy);
 
@@ -357,21 +376,27 @@ struct StateAccess {
       r.fail(std::to_string(r.left()) + " bytes are left after the last layer");
     }
 
-    // Memory, before the cache allocates: its slots and scratch.
-    // (the constructor's rule: C + 1 or max_tokens slots; Full its reservation or max_tokens)
-    const Index reserved = evicts                          ? std::min(config.capacity, kMax - 1) + 1
+    // Memory, before the cache allocates: its slots (the constructor's rule: C + 1, or
+    // max_tokens; Full its reservation or max_tokens; at least the slots used) and per slot and
+    // KV head its bookkeeping (position, score; in_cache: virtual position, two order entries and
+    // the angles of two virtual positions), and the scratch of its threads.
+    const Index reserved = evicts                          ? config.capacity + 1
                            : config.capacity == kUnbounded ? 256
                                                            : config.capacity;
-    const Index slots =
-        std::max(most_used, evicts ? std::min(reserved, config.max_tokens.value_or(kMax))
-                                   : config.max_tokens.value_or(reserved));
-    const double need =
-        static_cast<double>(kv_state_bytes(config, 16)) / 16.0 * static_cast<double>(slots + 16) *
-            (in_cache ? 1.5 : 1.0) +
-        4.0 * static_cast<double>(config.n_q_heads) * static_cast<double>(config.head_dim) *
-            static_cast<double>(options.threads + 2) +
-        4.0 * static_cast<double>(config.n_q_heads / config.n_kv_heads) *
-            static_cast<double>(slots + 16) * static_cast<double>(options.threads + 1);
+    const Index made = !config.max_tokens ? reserved
+                       : evicts           ? std::min(reserved, *config.max_tokens)
+                                          : *config.max_tokens;
+    const Index slots = std::max(most_used, made);
+    const double heads = static_cast<double>(config.n_layers * config.n_kv_heads);
+    const double per_slot = static_cast<double>(kv_state_bytes(config, 16)) / 16.0 +
+                            heads * (12.0 + (in_cache ? 24.0 : 0.0)) +
+                            (in_cache ? 8.0 * static_cast<double>(config.head_dim) : 0.0) +
+                            4.0 * static_cast<double>(config.n_q_heads / config.n_kv_heads + 1) *
+                                static_cast<double>(options.threads);
+    const double need = per_slot * (static_cast<double>(slots) + 16.0) +
+                        4.0 * static_cast<double>(config.n_q_heads) *
+                            static_cast<double>(config.head_dim) *
+                            static_cast<double>(options.threads + 2);
     if (need > static_cast<double>(options.max_bytes)) {
       r.fail("the cache would need about " + std::to_string(static_cast<double>(need)) +
              " bytes, more than max_bytes (" + std::to_string(options.max_bytes) + ")");
@@ -384,7 +409,7 @@ struct StateAccess {
       r.fail(error.what());
     }
     MultiStateCache<P>& cache = *built;
-    cache.reserve(most_used);
+    if (cache.slots_ < most_used) cache.resize_slots(most_used);  // exactly: no doubling
     for (std::size_t l = 0; l < layers.size(); ++l) restore_layer(cache, l, layers[l], row);
     return std::move(*built);
   }
@@ -432,9 +457,11 @@ struct StateAccess {
              std::to_string(s.held) + "), kMaxPosition]");
     }
     s.used = r.get<std::int64_t>("used");
-    if (s.used < s.held || s.used > s.held + 1) {
+    // A cache that evicted holds C states in C + 1 slots; before its first eviction its states
+    // fill slots [0, held) in position order (push, prefill and append rely on it).
+    if (s.used != s.held && !(s.used == s.held + 1 && evicts && s.held == config.capacity)) {
       r.fail(at + "used slots = " + std::to_string(s.used) + ": must be held (" +
-             std::to_string(s.held) + ") or held + 1");
+             std::to_string(s.held) + "), or held + 1 once a full cache has evicted");
     }
     const Index nkv = config.n_kv_heads;
     // Each slot brings at least 12 bytes and two rows: more than are left is a lie.
@@ -457,6 +484,14 @@ struct StateAccess {
         if (base < 0 || base > most_base) {
           r.fail(at + "KV head " + std::to_string(g) + ": in_cache base " + std::to_string(base) +
                  " is out of range [0, " + std::to_string(most_base) + "]");
+        }
+        // The offset moves only with evictions, and a cache evicts only when full: then it
+        // holds C states in C + 1 slots (so the angles of base + rank fit the cache's table).
+        if (base > 0 && (s.held != config.capacity || s.used != s.held + 1)) {
+          r.fail(at + "KV head " + std::to_string(g) + ": in_cache base " + std::to_string(base) +
+                 " says states were evicted, but the layer holds " + std::to_string(s.held) +
+                 " of " + std::to_string(config.capacity) + " states in " + std::to_string(s.used) +
+                 " slots");
         }
         s.base.push_back(base);
       }
@@ -492,6 +527,11 @@ struct StateAccess {
           r.fail(head + "slot " + std::to_string(slot) + " holds position " + std::to_string(p) +
                  ", not in [0, tokens seen = " + std::to_string(s.seen) + ")");
         }
+        if (s.used == s.held && !order.empty() && p <= order.back().first) {
+          r.fail(head + "slot " + std::to_string(slot) + " holds position " + std::to_string(p) +
+                 " after " + std::to_string(order.back().first) +
+                 ": before any eviction the positions ascend with the slots");
+        }
         order.emplace_back(p, slot);
       }
       std::sort(order.begin(), order.end());
@@ -507,9 +547,10 @@ struct StateAccess {
           const auto slot = static_cast<std::size_t>(order[rank].second);
           const Index u = s.virtual_position[first + slot];
           if (u != base + static_cast<Index>(rank)) {
-            r.fail(head + "slot " + std::to_string(slot) + " has rank " + std::to_string(u - base) +
-                   " (virtual position " + std::to_string(u) +
-                   "), but its position makes it rank " + std::to_string(rank));
+            r.fail(head + "slot " + std::to_string(slot) + " has virtual position " +
+                   std::to_string(u) + " (offset " + std::to_string(base) +
+                   "), but its position makes it rank " + std::to_string(rank) +
+                   ": the rank is out of place");
           }
         }
         const Index free = s.free_slot[static_cast<std::size_t>(g)];

@@ -16,6 +16,7 @@
 #include "model.hpp"
 #include "sampler.hpp"
 #include "shared_data.hpp"
+#include "small_model.hpp"
 #include "tokenizer.hpp"
 
 namespace engine {
@@ -25,19 +26,7 @@ using testing::shared_path;
 
 const std::string kModel = shared_path("models/stories260K.bin");
 
-// A small model of random weights (no file needed): grouped-query attention, a hidden size that
-// is no multiple of a vector's width.
-LlamaWeights random_model() {
-  LlamaConfig c;
-  c.dim = 64;
-  c.hidden_dim = 172;
-  c.n_layers = 3;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 96;
-  c.seq_len = 64;
-  return random_weights(c, 7);
-}
+LlamaWeights random_model() { return testing::small_random_model(7); }
 
 CacheSettings settings(const std::string& policy, Index capacity,
                        msrnn::PositionMode positions = msrnn::PositionMode::absolute,

@@ -14,11 +14,10 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "checkpoint.hpp"
 #include "shared_data.hpp"
@@ -544,8 +543,8 @@ TEST(CommandLine, ASavedSequenceResumedGoesOnAsOneRun) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(std::string(c.cache) + " " + c.sampler);
-    const std::string base = files + " " + c.cache + " " + c.sampler + " --prompt " +
-                             quoted(c.prompt);
+    const std::string base =
+        files + " " + c.cache + " " + c.sampler + " --prompt " + quoted(c.prompt);
     const Outcome whole = run_tool(MSRNN_GENERATE_BIN, base + " --steps 90");
     ASSERT_EQ(whole.status, 0) << whole.err;
     // First 3 steps (the prompt still pending), then 40, then the rest from each saved state.
@@ -562,6 +561,24 @@ TEST(CommandLine, ASavedSequenceResumedGoesOnAsOneRun) {
     EXPECT_EQ(text + "\n", whole.out);
     EXPECT_GT(whole.out.size(), 60u);
   }
+}
+
+// A sequence that ended (BOS came next) and was saved stays ended when resumed, as one longer run
+// does: nothing more is printed. (Greedy tova C = 64 ends the story after 190 tokens.)
+TEST(CommandLine, ASavedSequenceThatEndedStaysEnded) {
+  REQUIRE_SHARED_FILE(kModel);
+  const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
+  const std::string run = files + " --policy tova --capacity 64 --temperature 0";
+  const std::string state = dir().file("ended.state");
+  const Outcome first = run_tool(MSRNN_GENERATE_BIN, run + " --steps 250 --save-state " + state);
+  ASSERT_EQ(first.status, 0) << first.err;
+  ASSERT_TRUE(mentions(first.err, "(190 tokens")) << first.err;  // ended by BOS before 250
+  const Outcome longer = run_tool(MSRNN_GENERATE_BIN, run + " --steps 300");
+  EXPECT_EQ(longer.out, first.out);
+  const Outcome resumed = run_tool(MSRNN_GENERATE_BIN, files + " --steps 20 --load-state " + state);
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_EQ(resumed.out, "\n");
+  EXPECT_TRUE(mentions(resumed.err, "had ended")) << resumed.err;
 }
 
 // A state file that is damaged, truncated, not a state, or of another model is refused with one
@@ -602,9 +619,9 @@ TEST(CommandLine, ABadStateFileIsRefused) {
 TEST(CommandLine, PromptsGiveOneJsonLineEachInOrder) {
   REQUIRE_SHARED_FILE(kModel);
   const std::string files = "--model " + kModel + " --tokenizer " + kTokenizer;
-  const std::vector<std::string> prompts = {
-      "Once upon a time", "", "The \"dog\" said \\ hi\tthere\x01", "Lily \xff\xfe and \xc3(",
-      "Tom"};
+  const std::vector<std::string> prompts = {"Once upon a time", "",
+                                            "The \"dog\" said \\ hi\tthere\x01",
+                                            "Lily \xff\xfe and \xc3(", "Tom"};
   std::string text;
   for (const std::string& p : prompts) text += p + "\n";
   const std::string path = write_temp("prompts.txt", text);
