@@ -92,6 +92,11 @@ struct StepEvent {
 struct BatchCallbacks {
   std::function<void(const TokenEvent&)> on_token;  // every sequence's every step
   std::function<void(const StepEvent&)> on_step;    // every batched step
+  /// A sequence's cache, when it is admitted (before its first step) and before it is freed
+  /// (after its last step's callbacks): e.g. to observe its evictions. During the forward pass
+  /// the caches step on the model's threads, one sequence on one thread at a time.
+  std::function<void(std::size_t sequence, msrnn::AnyCache&)> on_start;
+  std::function<void(std::size_t sequence, msrnn::AnyCache&)> on_end;
 };
 
 /// The cache of one sequence of at most `max_tokens` tokens in a batch: bounded as `settings`
@@ -110,11 +115,8 @@ inline msrnn::CacheConfig sequence_cache_config(const LlamaConfig& model, CacheS
 inline std::size_t sequence_kv_bytes(const LlamaConfig& model, const CacheSettings& settings,
                                      Index max_tokens) {
   const msrnn::CacheConfig config = sequence_cache_config(model, settings, max_tokens);
-  // min(C + 1, max_tokens), without C + 1 overflowing at kUnbounded (which the cache rejects)
-  const Index slots = msrnn::policy_evicts(settings.policy.name) && config.capacity < max_tokens
-                          ? config.capacity + 1
-                          : max_tokens;
-  return msrnn::kv_state_bytes(config, slots);
+  return msrnn::kv_state_bytes(
+      config, msrnn::initial_slots(config, msrnn::policy_evicts(settings.policy.name)));
 }
 
 namespace detail {
@@ -235,6 +237,7 @@ inline BatchResult decode_batch(Transformer& model, const std::vector<Request>& 
       out.generated.reserve(static_cast<std::size_t>(std::max<Index>(samples, 0)));
       in_use += need[next];
       ++active;
+      if (callbacks.on_start) callbacks.on_start(next, lane.cache);
       ++next;
     }
     tokens.clear();
@@ -285,6 +288,7 @@ inline BatchResult decode_batch(Transformer& model, const std::vector<Request>& 
     for (std::optional<detail::Lane>& lane : lanes) {
       if (!lane || !lane->done) continue;
       result.sequences[lane->request].last_step = step;
+      if (callbacks.on_end) callbacks.on_end(lane->request, lane->cache);
       in_use -= need[lane->request];
       --active;
       lane.reset();  // frees its KV state for the next request

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <msrnn/msrnn.hpp>
 #include <sstream>
 #include <stdexcept>
@@ -120,9 +121,10 @@ inline std::string usage_text(std::string usage) {
 
 /// Walks "--flag value" and "--flag=value" pairs: --help prints `usage` (usage_text) and exits 0;
 /// a flag without a value, or one that `take(flag, value)` does not know (returns false), is an
-/// error.
+/// error. The `switches` take no value (`take` gets an empty one): "--stream", not "--stream=1".
 template <class Take>
-void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
+void parse_flags(int argc, char** argv, const char* usage,
+                 std::initializer_list<std::string_view> switches, Take&& take) {
   for (int i = 1; i < argc; ++i) {
     std::string_view flag = argv[i];
     if (flag == "--help" || flag == "-h") {
@@ -132,7 +134,13 @@ void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
     }
     std::string value;
     const std::size_t equals = flag.find('=');
-    if (flag.rfind("--", 0) == 0 && equals != std::string_view::npos) {
+    const bool is_switch =
+        std::find(switches.begin(), switches.end(), flag.substr(0, equals)) != switches.end();
+    if (is_switch) {
+      if (equals != std::string_view::npos) {
+        fail(std::string(flag.substr(0, equals)) + " takes no value (see --help)");
+      }
+    } else if (flag.rfind("--", 0) == 0 && equals != std::string_view::npos) {
       value = std::string(flag.substr(equals + 1));
       flag = flag.substr(0, equals);
     } else {
@@ -141,6 +149,11 @@ void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
     }
     if (!take(flag, value)) fail("unknown flag '" + std::string(flag) + "' (see --help)");
   }
+}
+
+template <class Take>
+void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
+  parse_flags(argc, argv, usage, {}, std::forward<Take>(take));
 }
 
 /// Runs a tool's main, turning `fail` and any exception that escapes into one line

@@ -5,8 +5,11 @@
 #include <chrono>
 #include <cstdio>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "batch.hpp"
 #include "cli.hpp"
@@ -15,6 +18,7 @@
 #include "sampler.hpp"
 #include "session.hpp"
 #include "tokenizer.hpp"
+#include "trace.hpp"
 
 namespace {
 
@@ -57,11 +61,42 @@ Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state
                         (suffixes K, M, G; default half the machine's memory). A sequence is
                         admitted when its state fits: C + 1 slots for a bounded policy, all
                         --steps tokens for full
+  --trace FILE          write a row per state the cache held (with --prompts too):
+                        policy,capacity,layer,kv_head,position,token,evicted_at,positions,
+                        kv_type,sequence (evicted_at empty: kept to the end; token empty:
+                        from before --load-state; sequence: the prompt's index)
   --help                this text
 Flags also take the form --flag=value.
 )";
 
 }  // namespace
+
+// Before any work: the outputs can be written, are not an input and not the same file.
+void check_outputs(cli::CommonFlags& common, const std::string& trace_path,
+                   const std::string& save_path, const std::string& input_path) {
+  common.resolve_paths();
+  std::vector<NamedPath> inputs = {{"--model", common.model_path},
+                                   {"--tokenizer", common.tokenizer_path}};
+  try {
+    // (--save-state may replace the --load-state it went on from: it is written atomically)
+    if (!save_path.empty()) check_output_path("--save-state", save_path, inputs);
+    if (!input_path.empty()) inputs.push_back({"--load-state or --prompts", input_path});
+    if (!trace_path.empty()) check_output_path("--trace", trace_path, inputs);
+  } catch (const FileError& e) {
+    cli::fail(e.what());
+  }
+  if (!save_path.empty() && !trace_path.empty() && same_output(save_path, trace_path)) {
+    cli::fail("--save-state and --trace name the same file " + trace_path);
+  }
+}
+
+// The label of a traced run: the policy, its capacity (full: the model's seq_len), positions
+// and precision as the flags set them.
+RunLabel trace_label(const std::string& policy, long long capacity, const LlamaConfig& model,
+                     const cli::CommonFlags& common) {
+  const Index c = msrnn::policy_evicts(policy) && capacity > 0 ? capacity : model.seq_len;
+  return RunLabel{policy, c, common.positions, common.kv_type};
+}
 
 // Most bytes a loaded state's cache may take: the machine's memory (none if unknown).
 std::size_t max_state_bytes() {
@@ -72,7 +107,8 @@ std::size_t max_state_bytes() {
 // --prompts: every line a sequence, decoded with continuous batching; JSON lines in prompt order.
 int generate_prompts(const std::string& path, cli::CommonFlags& common, const std::string& policy,
                      long long capacity, long long steps, long long seed, double temperature,
-                     double topp, long long batch, std::size_t budget) {
+                     double topp, long long batch, std::size_t budget,
+                     const std::string& trace_path) {
   std::string text;
   try {
     text = read_file(path, "prompts");
@@ -145,6 +181,28 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
     }
   };
   callbacks.on_step = [&](const StepEvent&) { print_ready(); };
+  // --trace: each sequence's cache observed from admission to its end, its rows written as its
+  // tokens become known (the file's rows of different sequences interleave).
+  std::optional<TraceFile> trace_file;
+  std::vector<std::unique_ptr<SequenceTrace>> traces(prompts.size());
+  std::vector<std::vector<int>> fed(prompts.size());  // [sequence] the tokens by position
+  if (!trace_path.empty()) {
+    trace_file.emplace(trace_path);
+    const RunLabel label = trace_label(policy, capacity, weights.config, common);
+    callbacks.on_start = [&, label](std::size_t i, msrnn::AnyCache& cache) {
+      traces[i] = std::make_unique<SequenceTrace>(*trace_file, label, static_cast<Index>(i), cache);
+    };
+    callbacks.on_token = [&, count = callbacks.on_token](const TokenEvent& e) {
+      fed[e.sequence].push_back(e.token);
+      traces[e.sequence]->write(fed[e.sequence]);
+      count(e);
+    };
+    callbacks.on_end = [&](std::size_t i, msrnn::AnyCache&) {
+      traces[i]->finish(fed[i]);
+      traces[i].reset();
+      fed[i] = {};
+    };
+  }
   Transformer model(weights, common.threads);
   BatchResult result;
   try {
@@ -155,6 +213,13 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
     cli::fail(what);
   }
   print_ready();
+  if (trace_file) {
+    try {
+      trace_file->commit();
+    } catch (const FileError& e) {
+      cli::fail(e.what());
+    }
+  }
   for (std::size_t i = 0; i < prompts.size(); ++i) {  // the stream and the result agree
     if (generated[i] != static_cast<long long>(result.sequences[i].generated.size())) {
       cli::fail("internal: sequence " + std::to_string(i) + " lost tokens");
@@ -174,7 +239,7 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
 }
 
 int run(int argc, char** argv) {
-  std::string prompt, save_path, load_path, prompts_path;
+  std::string prompt, save_path, load_path, prompts_path, trace_path;
   long long batch = 8;
   bool batch_given = false;
   std::size_t budget = 0;                          // 0: half the machine's memory
@@ -215,6 +280,8 @@ int run(int argc, char** argv) {
       save_path = value;
     else if (flag == "--load-state")
       load_path = value;
+    else if (flag == "--trace")
+      trace_path = value;
     else
       return false;
     return true;
@@ -225,8 +292,9 @@ int run(int argc, char** argv) {
       cli::fail("--save-state and --load-state take one sequence, not --prompts");
     }
     common.warn_unused({policy}, capacity_given);
+    check_outputs(common, trace_path, "", prompts_path);
     return generate_prompts(prompts_path, common, policy, capacity, steps, seed, temperature, topp,
-                            batch, budget);
+                            batch, budget, trace_path);
   }
   if (batch_given || budget > 0) cli::warn("--batch and --kv-budget are for --prompts; ignored");
   const bool resume = !load_path.empty();
@@ -241,7 +309,7 @@ int run(int argc, char** argv) {
   } else {
     common.warn_unused({policy}, capacity_given);
   }
-  if (!save_path.empty()) check_output_path("--save-state", save_path, {});
+  check_outputs(common, trace_path, save_path, load_path);
   const cli::ModelFiles files = common.load_model_files();
   const LlamaWeights& weights = files.weights;
   const Tokenizer& tokenizer = files.tokenizer;
@@ -288,6 +356,18 @@ int run(int argc, char** argv) {
     steps = std::max(0LL, limit);
   }
   Sampler sampler(at.temperature, at.topp, at.rng_state);
+  // --trace: the tokens by position (those before a --load-state unknown, -1).
+  std::optional<TraceFile> trace_file;
+  std::optional<SequenceTrace> trace;
+  std::vector<int> fed(static_cast<std::size_t>(at.position), -1);
+  if (!trace_path.empty()) {
+    trace_file.emplace(trace_path);
+    const msrnn::CacheConfig& c = model.cache().config();
+    trace.emplace(*trace_file,
+                  RunLabel{policy, bounded ? model.cache().capacity() : weights.config.seq_len,
+                           c.positions, c.kv_type},
+                  0, model.cache());
+  }
 
   // As run.c: the prompt's tokens are forced, then each next token is sampled; BOS ends the text.
   const auto start = std::chrono::steady_clock::now();
@@ -299,6 +379,10 @@ int run(int argc, char** argv) {
   if (ended) cli::warn("--load-state: the saved sequence had ended (BOS); nothing to generate");
   for (long long i = 0; i < steps && !ended; ++i) {
     const RowVector& logits = model.forward(token);
+    if (trace) {
+      fed.push_back(token);
+      trace->write(fed);
+    }
     const int next =
         forced < at.pending_prompt.size() ? at.pending_prompt[forced++] : sampler.sample(logits);
     ++generated;
@@ -311,6 +395,14 @@ int run(int argc, char** argv) {
   }
   std::printf("\n");
   cli::check_stdout();
+  if (trace) {
+    trace->finish(fed);
+    try {
+      trace_file->commit();
+    } catch (const FileError& e) {
+      cli::fail(e.what());
+    }
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!save_path.empty()) {

@@ -25,6 +25,7 @@
 #include "csv.hpp"
 #include "gnuplot.hpp"
 #include "output_file.hpp"
+#include "trace.hpp"
 
 namespace {
 
@@ -38,6 +39,9 @@ Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each
   --text FILE        the text (required)
   --chunk N          tokens per chunk, BOS included (default the model's seq_len)
   --chunks N         evaluate the first N chunks only (default all)
+  --stream           the text as one sequence instead: BOS once, no chunks, however long
+                     (a bounded policy's memory stays flat); full stops at twice the
+                     model's seq_len, past which it was never trained
   --policy LIST      comma-separated: {policies} (default all)
   --capacity LIST    comma-separated multi-state sizes; every bounded policy runs at every
                      capacity, full once (default 16,32,64,128,256)
@@ -51,6 +55,12 @@ Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each
   --csv FILE         write policy,capacity,tokens,nll,ppl,kv_type (replaced only when the run
                      succeeds)
   --plot FILE.png    plot ppl against capacity (needs gnuplot; replaced likewise)
+  --per-token FILE   write each prediction's loss, a row each:
+                     policy,capacity,positions,kv_type,index,token,nll
+  --trace FILE       write a row per state each cache held:
+                     policy,capacity,layer,kv_head,position,token,evicted_at,positions,
+                     kv_type,sequence (evicted_at empty: kept to the end of its sequence,
+                     a chunk; token: the token id at position)
   --help             this text
 Flags also take the form --flag=value.
 )";
@@ -67,8 +77,9 @@ struct Row {
 // What the flags ask for.
 struct Options {
   cli::CommonFlags common;
-  std::string text_path, csv_path, plot_path;
+  std::string text_path, csv_path, plot_path, per_token_path, trace_path;
   long long chunk = 0, chunks = 0;
+  bool stream = false;
   std::vector<std::string> policies = cli::all_policies();
   std::vector<Index> capacities = {16, 32, 64, 128, 256};
   std::vector<msrnn::KvType> kv_types = {msrnn::KvType::f32};
@@ -77,62 +88,82 @@ struct Options {
 
 Options parse_options(int argc, char** argv) {
   Options o;
-  cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
-    if (flag == "--kv-type") {
-      o.kv_types.clear();
-      for (const std::string& type : cli::parse_list(flag, value)) {
-        o.kv_types.push_back(cli::parse_kv_type(type));
-      }
-      return true;
-    }
-    if (o.common.take(flag, value)) return true;
-    if (flag == "--text")
-      o.text_path = value;
-    else if (flag == "--csv")
-      o.csv_path = value;
-    else if (flag == "--plot")
-      o.plot_path = value;
-    else if (flag == "--chunk")
-      o.chunk = cli::parse_int(flag, value, 2);
-    else if (flag == "--chunks")
-      o.chunks = cli::parse_int(flag, value, 1);
-    else if (flag == "--policy") {
-      o.policies.clear();
-      for (const std::string& name : cli::parse_list(flag, value)) {
-        o.policies.push_back(cli::parse_policy(name));
-      }
-    } else if (flag == "--capacity") {
-      o.capacities.clear();
-      for (const std::string& c : cli::parse_list(flag, value)) {
-        o.capacities.push_back(cli::parse_int(flag, c, 0));
-      }
-      o.capacity_given = true;
-    } else
-      return false;
-    return true;
-  });
+  cli::parse_flags(argc, argv, kUsage, {"--stream"},
+                   [&](std::string_view flag, const std::string& value) {
+                     if (flag == "--stream") {
+                       o.stream = true;
+                       return true;
+                     }
+                     if (flag == "--kv-type") {
+                       o.kv_types.clear();
+                       for (const std::string& type : cli::parse_list(flag, value)) {
+                         o.kv_types.push_back(cli::parse_kv_type(type));
+                       }
+                       return true;
+                     }
+                     if (o.common.take(flag, value)) return true;
+                     if (flag == "--text")
+                       o.text_path = value;
+                     else if (flag == "--csv")
+                       o.csv_path = value;
+                     else if (flag == "--plot")
+                       o.plot_path = value;
+                     else if (flag == "--per-token")
+                       o.per_token_path = value;
+                     else if (flag == "--trace")
+                       o.trace_path = value;
+                     else if (flag == "--chunk")
+                       o.chunk = cli::parse_int(flag, value, 2);
+                     else if (flag == "--chunks")
+                       o.chunks = cli::parse_int(flag, value, 1);
+                     else if (flag == "--policy") {
+                       o.policies.clear();
+                       for (const std::string& name : cli::parse_list(flag, value)) {
+                         o.policies.push_back(cli::parse_policy(name));
+                       }
+                     } else if (flag == "--capacity") {
+                       o.capacities.clear();
+                       for (const std::string& c : cli::parse_list(flag, value)) {
+                         o.capacities.push_back(cli::parse_int(flag, c, 0));
+                       }
+                       o.capacity_given = true;
+                     } else
+                       return false;
+                     return true;
+                   });
   if (o.text_path.empty()) cli::fail("--text FILE is required (see --help)");
+  if (o.stream && (o.chunk > 0 || o.chunks > 0)) {
+    cli::fail("--stream evaluates the text as one sequence: it takes no --chunk or --chunks");
+  }
   o.common.warn_unused(o.policies, o.capacity_given);
   return o;
 }
 
-// Before any work: the outputs can be written, none of them is an input, gnuplot is there.
+// Before any work: the outputs can be written, none of them is an input or another output,
+// gnuplot is there.
 void check_outputs(Options& o) {
   o.common.resolve_paths();
   const std::vector<NamedPath> inputs = {{"--text", o.text_path},
                                          {"--model", o.common.model_path},
                                          {"--tokenizer", o.common.tokenizer_path}};
-  if (!o.csv_path.empty()) check_output_path("--csv", o.csv_path, inputs);
-  if (!o.plot_path.empty()) {
-    check_output_path("--plot", o.plot_path, inputs);
-    if (!o.csv_path.empty() && same_output(o.csv_path, o.plot_path)) {
-      cli::fail("--csv and --plot name the same file " + o.plot_path);
+  const std::vector<NamedPath> outputs = {{"--csv", o.csv_path},
+                                          {"--plot", o.plot_path},
+                                          {"--per-token", o.per_token_path},
+                                          {"--trace", o.trace_path}};
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].path.empty()) continue;
+    check_output_path(outputs[i].flag, outputs[i].path, inputs);
+    for (std::size_t j = 0; j < i; ++j) {
+      if (!outputs[j].path.empty() && same_output(outputs[j].path, outputs[i].path)) {
+        cli::fail(outputs[j].flag + " and " + outputs[i].flag + " name the same file " +
+                  outputs[i].path);
+      }
     }
-    if (!gnuplot_installed()) {
-      cli::fail(
-          "--plot: gnuplot is not installed (apt-get install gnuplot-nox); without --plot "
-          "the table and --csv need no gnuplot");
-    }
+  }
+  if (!o.plot_path.empty() && !gnuplot_installed()) {
+    cli::fail(
+        "--plot: gnuplot is not installed (apt-get install gnuplot-nox); without --plot "
+        "the table and --csv need no gnuplot");
   }
 }
 
@@ -200,13 +231,45 @@ struct Run {
   msrnn::KvType kv_type;
 };
 
-// At each precision, every bounded policy at every capacity, full once (at the chunk length).
-std::vector<Run> plan_runs(const Options& o, Index chunk_len) {
+// The sequences a run evaluates: the text's chunks, or (--stream) the whole text as one.
+struct Sequences {
+  const std::vector<int>& stream;  // chunks: the text's tokens; --stream: BOS, then them
+  bool whole = false;              // --stream
+  Index chunk_len = 0;
+  Index n_chunks = 0;
+  Index full_limit = 0;  // --stream: the tokens full reads at most, BOS included
+
+  Index count() const { return whole ? 1 : n_chunks; }
+  // Sequence c of a run of `policy`: BOS, then its part of the text. A bounded policy's stream
+  // is `stream` itself (not copied: a book's tokens are held once); the rest goes to `buffer`.
+  const std::vector<int>& tokens(Index c, const std::string& policy,
+                                 std::vector<int>& buffer) const {
+    if (!whole) {
+      buffer = chunk_tokens(stream, chunk_len, c);
+    } else if (msrnn::policy_evicts(policy) || static_cast<Index>(stream.size()) <= full_limit) {
+      return stream;
+    } else {
+      buffer.assign(stream.begin(), stream.begin() + static_cast<std::ptrdiff_t>(full_limit));
+    }
+    return buffer;
+  }
+  // The most tokens one sequence of `policy` has (a cache's max_tokens).
+  Index longest(const std::string& policy) const {
+    const auto n = static_cast<Index>(stream.size());
+    if (whole) return msrnn::policy_evicts(policy) ? n : std::min(n, full_limit);
+    return std::min<Index>(chunk_len, n + 1);
+  }
+};
+
+// At each precision, every bounded policy at every capacity, full once (at the chunk length, or
+// along a stream at the tokens it reads).
+std::vector<Run> plan_runs(const Options& o, const Sequences& sequences) {
   std::vector<Run> runs;
   for (msrnn::KvType type : o.kv_types) {
     for (const std::string& policy : o.policies) {
       if (!msrnn::policy_evicts(policy)) {
-        runs.push_back({policy, chunk_len, type});
+        runs.push_back(
+            {policy, sequences.whole ? sequences.longest(policy) : sequences.chunk_len, type});
         continue;
       }
       for (Index c : o.capacities) runs.push_back({policy, c, type});
@@ -216,33 +279,61 @@ std::vector<Run> plan_runs(const Options& o, Index chunk_len) {
 }
 
 void show_progress(std::size_t run, std::size_t runs, const Run& r, Index done, Index total,
-                   double tokens_per_s) {
+                   const char* unit, double tokens_per_s) {
   const int width = 30;
-  const int bar = static_cast<int>(width * done / total);
-  std::fprintf(stderr, "\r[%zu/%zu] %-5s C=%-6lld [%s%s] %lld/%lld chunks, %.0f tokens/s ", run,
-               runs, r.policy.c_str(), static_cast<long long>(r.capacity),
+  const int bar = static_cast<int>(width * done / std::max<Index>(total, 1));
+  std::fprintf(stderr, "\r[%zu/%zu] %-9s C=%-6lld [%s%s] %lld/%lld %s, %.0f tokens/s ", run, runs,
+               r.policy.c_str(), static_cast<long long>(r.capacity),
                std::string(static_cast<std::size_t>(bar), '#').c_str(),
                std::string(static_cast<std::size_t>(width - bar), '.').c_str(),
-               static_cast<long long>(done), static_cast<long long>(total), tokens_per_s);
+               static_cast<long long>(done), static_cast<long long>(total), unit, tokens_per_s);
 }
 
-// The mean loss of one policy and capacity over the first n_chunks chunks.
-Row evaluate(LlamaModel& model, const Run& run, const std::vector<int>& stream, Index chunk_len,
-             Index n_chunks, std::size_t index, std::size_t runs) {
+// The record files of the whole invocation, when asked for (every run writes into them).
+struct Records {
+  std::optional<TraceFile> trace;
+  std::optional<PerTokenFile> per_token;
+};
+
+// Tokens per forward pass along a stream: one piece's logits are all it holds.
+constexpr Index kStreamPiece = 512;
+
+// The mean loss of one policy and capacity over its sequences, and their records.
+Row evaluate(LlamaModel& model, const Run& run, const Sequences& sequences, Records& records,
+             std::size_t index, std::size_t runs) {
   const bool progress = isatty(STDERR_FILENO) != 0;
+  const RunLabel label{run.policy, run.capacity, model.cache().config().positions, run.kv_type};
   double nll = 0.0;
   Index count = 0;
   const auto start = std::chrono::steady_clock::now();
-  for (Index c = 0; c < n_chunks; ++c) {
-    for (double loss : token_losses(model, chunk_tokens(stream, chunk_len, c))) {
-      nll += loss;
-      ++count;
-    }
-    if (progress) {
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      show_progress(index + 1, runs, run, c + 1, n_chunks, static_cast<double>(count) / seconds);
-    }
+  auto report = [&](Index done, Index total, const char* unit) {
+    if (!progress) return;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    show_progress(index + 1, runs, run, done, total, unit, static_cast<double>(count) / seconds);
+  };
+  for (Index c = 0; c < sequences.count(); ++c) {
+    std::vector<int> buffer;
+    const std::vector<int>& tokens = sequences.tokens(c, run.policy, buffer);
+    const auto n = static_cast<Index>(tokens.size());
+    std::optional<SequenceTrace> trace;
+    if (records.trace) trace.emplace(*records.trace, label, c, model.cache());
+    // A chunk goes in one forward pass (as it always has); a stream in pieces.
+    sequence_losses(
+        model, tokens, sequences.whole ? kStreamPiece : std::max<Index>(n, 1),
+        [&](Index t, double loss) {
+          if (records.per_token) {
+            records.per_token->row(label, count, tokens[static_cast<std::size_t>(t + 1)], loss);
+          }
+          nll += loss;
+          ++count;
+        },
+        [&](Index fed) {
+          if (trace) trace->write(tokens);
+          if (sequences.whole) report(fed, n, "tokens");
+        });
+    if (trace) trace->finish(tokens);
+    if (!sequences.whole) report(c + 1, sequences.count(), "chunks");
   }
   if (progress) std::fprintf(stderr, "\r\033[K");
   const double mean = nll / static_cast<double>(count);
@@ -307,33 +398,56 @@ int run(int argc, char** argv) {
   check_outputs(o);
   const cli::ModelFiles files = o.common.load_model_files();
   const LlamaWeights& weights = files.weights;
-  const Index chunk_len = chunk_length(o, weights.config);
-  const std::vector<int> stream = read_stream(o.text_path, files.tokenizer);
-  Index n_chunks = chunk_count(static_cast<Index>(stream.size()), chunk_len);
-  if (o.chunks > 0) n_chunks = std::min<Index>(n_chunks, o.chunks);
-
-  // A chunk never holds more than the stream plus BOS: no cache needs more states than that.
-  const Index max_tokens = std::min<Index>(chunk_len, static_cast<Index>(stream.size()) + 1);
-  const std::vector<Run> runs = plan_runs(o, chunk_len);
-  // Every model first, so that a bad option fails before any work.
-  for (const Run& r : runs) {
-    cli::make_model(weights, o.common.settings(r.policy, r.capacity, r.kv_type), max_tokens);
+  std::vector<int> stream = read_stream(o.text_path, files.tokenizer);
+  Sequences sequences{stream};
+  if (o.stream) {
+    stream.insert(stream.begin(), kBos);  // the one sequence, BOS first
+    sequences.whole = true;
+    sequences.full_limit = 2 * weights.config.seq_len;
+    if (static_cast<Index>(stream.size()) > sequences.full_limit &&
+        std::find_if(o.policies.begin(), o.policies.end(), [](const std::string& p) {
+          return !msrnn::policy_evicts(p);
+        }) != o.policies.end()) {
+      std::fprintf(stderr,
+                   "note: --stream: full reads the first %lld of the %lld tokens (twice the "
+                   "model's seq_len %lld; past it, it was never trained and its cost grows with "
+                   "the square of the length)\n",
+                   static_cast<long long>(sequences.full_limit),
+                   static_cast<long long>(stream.size()),
+                   static_cast<long long>(weights.config.seq_len));
+    }
+  } else {
+    sequences.chunk_len = chunk_length(o, weights.config);
+    sequences.n_chunks = chunk_count(static_cast<Index>(stream.size()), sequences.chunk_len);
+    if (o.chunks > 0) sequences.n_chunks = std::min<Index>(sequences.n_chunks, o.chunks);
   }
 
+  const std::vector<Run> runs = plan_runs(o, sequences);
+  // Every model first, so that a bad option fails before any work. A sequence never holds more
+  // than its tokens: no cache needs more states than that.
+  for (const Run& r : runs) {
+    cli::make_model(weights, o.common.settings(r.policy, r.capacity, r.kv_type),
+                    sequences.longest(r.policy));
+  }
+
+  Records records;
+  if (!o.trace_path.empty()) records.trace.emplace(o.trace_path);
+  if (!o.per_token_path.empty()) records.per_token.emplace(o.per_token_path);
   std::vector<Row> rows;
   std::printf("%-9s %9s %9s %10s %10s %7s\n", "policy", "capacity", "tokens", "nll/token", "ppl",
               "kv_type");
   for (std::size_t r = 0; r < runs.size(); ++r) {
     LlamaModel model = cli::make_model(
-        weights, o.common.settings(runs[r].policy, runs[r].capacity, runs[r].kv_type), max_tokens);
-    rows.push_back(evaluate(model, runs[r], stream, chunk_len, n_chunks, r, runs.size()));
+        weights, o.common.settings(runs[r].policy, runs[r].capacity, runs[r].kv_type),
+        sequences.longest(runs[r].policy));
+    rows.push_back(evaluate(model, runs[r], sequences, records, r, runs.size()));
     std::printf("%-9s %9lld %9lld %10.4f %10.3f %7s\n", rows.back().policy.c_str(),
                 static_cast<long long>(rows.back().capacity),
                 static_cast<long long>(rows.back().tokens), rows.back().nll, rows.back().ppl,
                 msrnn::to_string(rows.back().kv_type));
     cli::check_stdout();
   }
-  // Both outputs are finished before either replaces what was there: a failed plot leaves an
+  // Every output is finished before any replaces what was there: a failed plot leaves an
   // earlier CSV as it was.
   std::optional<CsvWriter> csv;
   std::optional<AtomicOutput> image;
@@ -345,11 +459,14 @@ int run(int argc, char** argv) {
   if (!o.plot_path.empty()) {
     image.emplace(o.plot_path);
     plot(*image, o.plot_path, rows,
-         base_name(files.model_path) + " on " + base_name(o.text_path) + ", chunk " +
-             std::to_string(chunk_len));
+         base_name(files.model_path) + " on " + base_name(o.text_path) +
+             (o.stream ? std::string(", one stream")
+                       : ", chunk " + std::to_string(sequences.chunk_len)));
   }
   if (csv) csv->commit();
   if (image) image->commit();
+  if (records.trace) records.trace->commit();
+  if (records.per_token) records.per_token->commit();
   return 0;
 }
 

@@ -71,18 +71,40 @@ inline std::vector<int> chunk_tokens(const std::vector<int>& stream, Index chunk
   return tokens;
 }
 
-/// Negative log-likelihood (nats) of each token after BOS in `tokens`, from an empty cache.
-inline std::vector<double> token_losses(LlamaModel& model, const std::vector<int>& tokens) {
+/// Feeds `tokens` (BOS first) to `model` from an empty cache, `piece` tokens per forward_chunk
+/// (the last piece takes the rest), and calls `on_loss(t, nll)` for the prediction of
+/// tokens[t + 1] after tokens[0..t]: its negative log-likelihood in nats, in double. After each
+/// piece's predictions, `after_piece(fed)` with the tokens fed so far. Holds one piece's logits,
+/// so a long stream costs no more memory than a short one (beyond its cache).
+template <class OnLoss, class AfterPiece>
+void sequence_losses(LlamaModel& model, const std::vector<int>& tokens, Index piece,
+                     OnLoss&& on_loss, AfterPiece&& after_piece) {
   model.reset();
-  const RowMatrix& logits = model.forward_chunk(tokens);  // (n, vocab)
-  std::vector<double> losses;
-  for (std::size_t t = 0; t + 1 < tokens.size(); ++t) {
-    const auto row = static_cast<Index>(t);
-    const double top = logits.row(row).maxCoeff();
-    double sum = 0.0;
-    for (Index v = 0; v < logits.cols(); ++v) sum += std::exp(double{logits(row, v)} - top);
-    losses.push_back(top + std::log(sum) - logits(row, tokens[t + 1]));
+  const auto n = static_cast<Index>(tokens.size());
+  std::vector<int> part;
+  for (Index at = 0; at < n; at += piece) {
+    const Index count = std::min(piece, n - at);
+    part.assign(tokens.begin() + static_cast<std::ptrdiff_t>(at),
+                tokens.begin() + static_cast<std::ptrdiff_t>(at + count));
+    const RowMatrix& logits = model.forward_chunk(part);  // (count, vocab)
+    for (Index i = 0; i < count && at + i + 1 < n; ++i) {
+      const double top = logits.row(i).maxCoeff();
+      double sum = 0.0;
+      for (Index v = 0; v < logits.cols(); ++v) sum += std::exp(double{logits(i, v)} - top);
+      const int next = tokens[static_cast<std::size_t>(at + i + 1)];
+      on_loss(at + i, top + std::log(sum) - logits(i, next));
+    }
+    after_piece(at + count);
   }
+}
+
+/// Negative log-likelihood (nats) of each token after BOS in `tokens`, from an empty cache, the
+/// whole sequence in one forward_chunk.
+inline std::vector<double> token_losses(LlamaModel& model, const std::vector<int>& tokens) {
+  std::vector<double> losses;
+  sequence_losses(
+      model, tokens, std::max<Index>(1, static_cast<Index>(tokens.size())),
+      [&](Index, double loss) { losses.push_back(loss); }, [](Index) {});
   return losses;
 }
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake make g++ clang libclang-rt-dev libeigen3-dev libgtest-dev libbenchmark-dev gnuplot-nox
-  nlohmann-json3-dev)
+  nlohmann-json3-dev time python3)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -388,6 +388,33 @@ MultiStateCache<Policy> make_layout_cache() {
   return MultiStateCache<Policy>(config, policy);
 }
 
+// initial_slots is the constructor's rule (the engine's budget and the loader's estimate use it).
+TEST(MultiStateCache, InitialSlotsIsWhatTheConstructorAllocates) {
+  for (std::string_view name : kPolicyNames) {
+    for (Index capacity : {Index{5}, Index{7}, Index{300}, kUnbounded}) {  // above 4 sinks
+      for (std::optional<Index> max_tokens : {std::optional<Index>{}, std::optional<Index>{1},
+                                              std::optional<Index>{8}, std::optional<Index>{500}}) {
+        if (policy_evicts(name) && capacity == kUnbounded) continue;  // rejected
+        SCOPED_TRACE(std::string(name) + " C=" + std::to_string(capacity) +
+                     " max_tokens=" + std::to_string(max_tokens.value_or(-1)));
+        CacheConfig config = small_config(2, 1, 4, capacity, 1);
+        config.max_tokens = max_tokens;
+        const AnyCache cache(config, make_policy(testing::named(name)));
+        EXPECT_EQ(cache.slots(), initial_slots(config, policy_evicts(name)));
+      }
+    }
+  }
+  CacheConfig config = small_config(2, 1, 4, 64, 1);
+  EXPECT_EQ(initial_slots(config, true), 65);
+  config.max_tokens = 9;
+  EXPECT_EQ(initial_slots(config, true), 9);
+  EXPECT_EQ(initial_slots(config, false), 9);
+  config.capacity = kUnbounded;
+  config.max_tokens.reset();
+  EXPECT_EQ(initial_slots(config, false), 256);
+  EXPECT_EQ(initial_slots(config, true), kUnbounded);  // no overflow on a config the cache rejects
+}
+
 // max_tokens: a bounded cache allocates what the sequence can hold, with the results of C + 1
 // slots; past max_tokens it grows (up to C + 1) instead of failing; C still sets the options.
 TEST(MultiStateCache, MaxTokensAllocatesOnlyWhatTheSequenceCanHold) {

@@ -896,5 +896,129 @@ TYPED_TEST(EveryPolicy, ASavedStateLoadedGoesOnBitForBit) {
   }
 }
 
+// Replays eviction events: every position a layer has seen, less those evicted from a KV head.
+struct Replay {
+  std::vector<std::vector<Index>> kept;  // [layer * n_kv + head] ascending
+  Index n_kv = 1;
+  std::vector<std::vector<Eviction>> events;  // [layer] in the order reported
+
+  explicit Replay(const CacheConfig& c)
+      : kept(static_cast<std::size_t>(c.n_layers * c.n_kv_heads)),
+        n_kv(c.n_kv_heads),
+        events(static_cast<std::size_t>(c.n_layers)) {}
+  // Token `position` entered every head of `layer`.
+  void insert(Index layer, Index position) {
+    for (Index g = 0; g < n_kv; ++g) at(layer, g).push_back(position);
+  }
+  void evict(const Eviction& e) {
+    std::vector<Index>& k = at(e.layer, e.kv_head);
+    const auto found = std::find(k.begin(), k.end(), e.position);
+    ASSERT_NE(found, k.end()) << "evicted position " << e.position << " was not kept";
+    k.erase(found);
+    events[static_cast<std::size_t>(e.layer)].push_back(e);
+  }
+  std::vector<Index>& at(Index layer, Index g) {
+    return kept[static_cast<std::size_t>(layer * n_kv + g)];
+  }
+};
+
+// The events an observer reports reconstruct the kept set exactly: after every step of every
+// layer (step), and after every chunk (step_chunk, whose events are those of the step path); each
+// is reported once its step is complete (the state is gone, the layer has seen the token), the
+// new token evicted at most by its own step; with 2 threads the same; a copy reports nothing.
+TYPED_TEST(EveryPolicy, EvictionEventsReplayToTheKeptSetAtEveryStep) {
+  constexpr Index kCapacity = 5;
+  constexpr Index kTokens = 30;
+  for (const PolicyOptions& options : variants<TypeParam>()) {
+    for (const Shape& shape : kShapes) {
+      for (Positions positions : {Positions::host, Positions::in_cache}) {
+        SCOPED_TRACE(describe(options) + " n_kv=" + std::to_string(shape.n_kv) +
+                     " positions=" + std::to_string(static_cast<int>(positions)));
+        CacheConfig config = make_config(shape, kCapacity, positions, 3);
+        const Stream s = make_stream(config, kTokens, 23);
+        std::vector<std::vector<Eviction>> stepped_events;
+        for (Index threads : {Index{1}, Index{2}}) {
+          config.threads = threads;
+          MultiStateCache<TypeParam> cache(config, make<TypeParam>(options));
+          Replay replay(config);
+          Index reported = 0;
+          cache.set_eviction_observer([&](const Eviction& e) {
+            ++reported;
+            EXPECT_EQ(cache.tokens_seen(e.layer), e.step + 1);
+            EXPECT_LE(e.position, e.step);
+            const std::vector<Index> now = cache.kept_positions(e.layer, e.kv_head);
+            EXPECT_FALSE(std::binary_search(now.begin(), now.end(), e.position));
+            replay.evict(e);
+          });
+          MultiStateCache<TypeParam> copy = cache.copy();
+          for (Index t = 0; t < kTokens; ++t) {
+            RowMatrix out(config.n_q_heads, config.head_dim);
+            for (Index l = 0; l < config.n_layers; ++l) {
+              const auto L = static_cast<std::size_t>(l);
+              replay.insert(l, t);
+              cache.step(l, s.q[L].row(t), s.k[L].row(t), s.v[L].row(t),
+                         Eigen::Map<RowMatrix>(out.data(), 1, out.size()));
+              copy.step(l, s.q[L].row(t), s.k[L].row(t), s.v[L].row(t),
+                        Eigen::Map<RowMatrix>(out.data(), 1, out.size()));
+              for (Index g = 0; g < config.n_kv_heads; ++g) {
+                ASSERT_EQ(replay.at(l, g), cache.kept_positions(l, g))
+                    << "token " << t << " layer " << l << " head " << g;
+              }
+            }
+          }
+          ASSERT_EQ(all_kept(copy), all_kept(cache));
+          const Index evicts = policy_evicts(options.name) ? kTokens - kCapacity : 0;
+          EXPECT_EQ(reported, config.n_layers * config.n_kv_heads * evicts);
+          if (threads == 1) {
+            stepped_events = replay.events;
+          } else {
+            for (std::size_t l = 0; l < replay.events.size(); ++l) {
+              ASSERT_EQ(replay.events[l].size(), stepped_events[l].size());
+              for (std::size_t i = 0; i < replay.events[l].size(); ++i) {
+                const Eviction& a = replay.events[l][i];
+                const Eviction& b = stepped_events[l][i];
+                ASSERT_EQ(std::vector<Index>({a.kv_head, a.position, a.step}),
+                          std::vector<Index>({b.kv_head, b.position, b.step}));
+              }
+            }
+          }
+        }
+        // step_chunk in pieces (and past the capacity, token by token inside the cache).
+        config.threads = 1;
+        MultiStateCache<TypeParam> chunked(config, make<TypeParam>(options));
+        Replay replay(config);
+        chunked.set_eviction_observer([&](const Eviction& e) { replay.evict(e); });
+        for (Index l = 0; l < config.n_layers; ++l) {
+          const auto L = static_cast<std::size_t>(l);
+          for (Index at = 0; at < kTokens;) {
+            const Index n = std::min<Index>(kTokens - at, 3 + at % 7);
+            RowMatrix out(n, config.n_q_heads * config.head_dim);
+            for (Index t = at; t < at + n; ++t) replay.insert(l, t);
+            chunked.step_chunk(l, s.q[L].middleRows(at, n), s.k[L].middleRows(at, n),
+                               s.v[L].middleRows(at, n), out);
+            for (Index g = 0; g < config.n_kv_heads; ++g) {
+              ASSERT_EQ(replay.at(l, g), chunked.kept_positions(l, g)) << "chunk at " << at;
+            }
+            at += n;
+          }
+        }
+        for (std::size_t l = 0; l < replay.events.size(); ++l) {
+          ASSERT_EQ(replay.events[l].size(), stepped_events[l].size());
+          for (std::size_t i = 0; i < replay.events[l].size(); ++i) {
+            EXPECT_EQ(replay.events[l][i].position, stepped_events[l][i].position);
+            EXPECT_EQ(replay.events[l][i].step, stepped_events[l][i].step);
+          }
+        }
+        // Removing the observer stops the reports.
+        chunked.set_eviction_observer(nullptr);
+        const std::size_t before = replay.events[0].size();
+        RowMatrix out(1, config.n_q_heads * config.head_dim);
+        chunked.step_chunk(0, s.q[0].topRows(1), s.k[0].topRows(1), s.v[0].topRows(1), out);
+        EXPECT_EQ(replay.events[0].size(), before);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace msrnn

@@ -108,6 +108,33 @@ TEST(NoAllocation, BoundedStepsNeverAllocate) {
   }
 }
 
+// An eviction observer that allocates nothing keeps the step free of allocations: the events are
+// noted in storage the cache made at construction.
+TEST(NoAllocation, AnEvictionObserverAddsNoAllocation) {
+  for (std::string_view kind : {TOVA::kName, H2O::kName}) {  // per layer, per head
+    for (Index threads : {1, 2}) {
+      CacheConfig config = small_config(8, 2, 16, 40, 2);
+      config.threads = threads;
+      PolicyOptions options;
+      options.name = std::string(kind);
+      AnyCache cache(config, make_policy(options));
+      long events = 0;
+      Index last_step = -1;
+      cache.set_eviction_observer([&](const Eviction& e) {
+        ++events;
+        last_step = e.step;
+      });
+      const Index tokens = 100;
+      const RowMatrix q = random_matrix(tokens, 8 * 16, 1);
+      const RowMatrix k = random_matrix(tokens, 2 * 16, 2);
+      const RowMatrix v = random_matrix(tokens, 2 * 16, 3);
+      EXPECT_EQ(allocations_while_stepping(cache, q, k, v, tokens, false), 0) << kind;
+      EXPECT_EQ(events, 2 * 2 * (tokens - 40)) << kind;  // layers * KV heads * evicting steps
+      EXPECT_EQ(last_step, tokens - 1);
+    }
+  }
+}
+
 TEST(NoAllocation, TheCounterSeesAllocations) {
   // The check above could pass vacuously if nothing were counted.
   g_allocations = 0;

@@ -16,6 +16,7 @@
 #include "msrnn/detail/check.hpp"
 #include "msrnn/detail/select_victim.hpp"
 #include "msrnn/detail/storage.hpp"
+#include "msrnn/eviction.hpp"
 #include "msrnn/fork_join.hpp"
 #include "msrnn/in_cache_keys.hpp"
 #include "msrnn/kernels.hpp"
@@ -98,6 +99,23 @@ inline std::size_t kv_state_bytes(const CacheConfig& config, Index slots) noexce
   const std::size_t values = ValueStore::bytes(config.kv_type, config.head_dim, slots);
   return static_cast<std::size_t>(config.n_layers) * static_cast<std::size_t>(config.n_kv_heads) *
          (keys * (in_cache ? 2 : 1) + values);
+}
+
+/// Slots per layer and KV head a cache of `config` allocates at construction: C + 1 for a policy
+/// that evicts (a bounded cache holds C + 1 states between insert and evict), Full's reservation
+/// (config.capacity, or 256 when unbounded) otherwise; with config.max_tokens, min(C + 1,
+/// max_tokens) and Full exactly max_tokens. The one rule the cache, the state loader's memory
+/// estimate and the engine's KV budget use. `evicts`: the policy's kEvicts (policy_evicts).
+/// For a config the cache rejects (an evicting policy without a finite capacity): max_tokens, or
+/// kUnbounded.
+inline Index initial_slots(const CacheConfig& config, bool evicts) noexcept {
+  constexpr Index kDefaultFullReservation = 256;
+  if (evicts) {
+    const Index bounded = config.capacity == kUnbounded ? kUnbounded : config.capacity + 1;
+    return config.max_tokens ? std::min(bounded, *config.max_tokens) : bounded;
+  }
+  if (config.max_tokens) return *config.max_tokens;
+  return config.capacity == kUnbounded ? kDefaultFullReservation : config.capacity;
 }
 
 /// The KV cache of a decoder-only transformer as the multi-state of a bounded RNN
@@ -198,12 +216,7 @@ class MultiStateCache {
     require(!config.max_tokens || *config.max_tokens >= 1, "max_tokens",
             config.max_tokens.value_or(0), "must be at least 1");
     capacity_ = evicts ? config.capacity : kUnbounded;
-    // A bounded cache holds C + 1 states between insert and evict; Full starts with a reservation.
-    Index slots = evicts                          ? config.capacity + 1
-                  : config.capacity == kUnbounded ? kDefaultFullReservation
-                                                  : config.capacity;
-    if (config.max_tokens)
-      slots = evicts ? std::min(slots, *config.max_tokens) : *config.max_tokens;
+    const Index slots = initial_slots(config, evicts);
     require(
         static_cast<double>(kv_state_bytes(config, 16)) / 16.0 * static_cast<double>(slots + 16) <
             0x1p62,
@@ -221,6 +234,7 @@ class MultiStateCache {
       layers_.emplace_back(config.n_kv_heads, config.head_dim, config.kv_type,
                            positions_.in_cache());
     }
+    evictions_ = detail::EvictionReport(config.n_kv_heads);
     resize_slots(slots);
   }
 
@@ -369,6 +383,25 @@ class MultiStateCache {
     if (seen) state.table.set_seen(*seen);
   }
 
+  /// Calls `observer` with every state the cache evicts from now on (an empty function stops it):
+  /// layer, KV head, the evicted state's position and the position of the token whose step
+  /// evicted it. Replaying the events from an empty cache gives `kept_positions` after every step.
+  /// It is called on the thread that called `step` / `step_chunk`, once the step of that token
+  /// and layer is complete (all KV heads evicted; with threads > 1 too), one event per KV head in
+  /// head order, so it needs no lock. In `step_chunk` it is called after each token that evicts.
+  /// `reset`, `append` and loading a state evict nothing and report nothing; a `copy()` or a
+  /// loaded cache starts without an observer.
+  ///
+  /// Cost: without an observer, one store per eviction and one test per evicting step (no
+  /// allocation, no call); with one, a std::function call per event. An exception the observer
+  /// throws leaves the cache as the step made it and propagates (in `step_chunk`, the chunk's
+  /// later tokens are then not fed: tokens_seen says how far the layer got).
+  ///
+  ///   cache.set_eviction_observer([&](const msrnn::Eviction& e) {
+  ///     lifetime[e.layer][e.kv_head][e.position] = e.step - e.position;
+  ///   });
+  void set_eviction_observer(EvictionObserver observer) { evictions_.set(std::move(observer)); }
+
   /// Forgets every state of every layer (a new sequence); keeps the storage. O(n_layers *
   /// n_kv_heads): the slots are not cleared, only no longer counted as used.
   void reset() noexcept {
@@ -411,7 +444,6 @@ class MultiStateCache {
   std::size_t state_bytes() const noexcept { return kv_state_bytes(config_, slots()); }
 
  private:
-  static constexpr Index kDefaultFullReservation = 256;
   static constexpr Index kChunkScratchFloats = Index{1} << 23;  // 32 MiB of probabilities
 
   // One layer: its slot bookkeeping and, beside it, the keys and values it places. Row s of
@@ -628,6 +660,7 @@ class MultiStateCache {
   // Evicts the state in `slot` of KV head g, whose states fill slots [0, live) (right after the
   // insert).
   void remove(Layer& layer, Index g, Index slot, Index live) noexcept {
+    evictions_.note(g, layer.table.positions(g)[slot]);
     layer.table.remove(g, slot);
     if (positions_.in_cache()) {
       layer.in_cache.remove(g, slot, live, layer.keys[static_cast<std::size_t>(g)], positions_);
@@ -684,6 +717,7 @@ class MultiStateCache {
     if (over) {
       if (!evict_per_head) evict_per_layer(policy, layer, live);
       table.end_eviction();
+      if (evictions_.active()) evictions_.report(layer_index, position);
     }
   }
 
@@ -824,6 +858,7 @@ class MultiStateCache {
   Kernels kernels_used_ = Kernels::portable;
   RowMatrix q_;        // (n_q_heads, head_dim) queries with positions encoded
   RowMatrix chunk_q_;  // (n_q_heads * t, head_dim) step_chunk: queries grouped by KV head
+  detail::EvictionReport evictions_;  // the observer, and each KV head's victim of the step
 };
 
 /// A cache whose policy is chosen at run time (command-line tools): `AnyCache cache(config,

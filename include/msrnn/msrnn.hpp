@@ -5,6 +5,7 @@
 #include "msrnn/attention.hpp"
 #include "msrnn/byte_io.hpp"
 #include "msrnn/cache.hpp"
+#include "msrnn/eviction.hpp"
 #include "msrnn/fork_join.hpp"
 #include "msrnn/in_cache_keys.hpp"
 #include "msrnn/kernels.hpp"

@@ -376,17 +376,11 @@ struct StateAccess {
       r.fail(std::to_string(r.left()) + " bytes are left after the last layer");
     }
 
-    // Memory, before the cache allocates: its slots (the constructor's rule: C + 1, or
-    // max_tokens; Full its reservation or max_tokens; at least the slots used) and per slot and
+    // Memory, before the cache allocates: its slots (the constructor's: initial_slots; at
+    // least the slots used) and per slot and
     // KV head its bookkeeping (position, score; in_cache: virtual position, two order entries and
     // the angles of two virtual positions), and the scratch of its threads.
-    const Index reserved = evicts                          ? config.capacity + 1
-                           : config.capacity == kUnbounded ? 256
-                                                           : config.capacity;
-    const Index made = !config.max_tokens ? reserved
-                       : evicts           ? std::min(reserved, *config.max_tokens)
-                                          : *config.max_tokens;
-    const Index slots = std::max(most_used, made);
+    const Index slots = std::max(most_used, initial_slots(config, evicts));
     const double heads = static_cast<double>(config.n_layers * config.n_kv_heads);
     const double per_slot = static_cast<double>(kv_state_bytes(config, 16)) / 16.0 +
                             heads * (12.0 + (in_cache ? 24.0 : 0.0)) +
