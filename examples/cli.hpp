@@ -197,12 +197,10 @@ inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings
   const std::string name = settings.policy.name;
   settings.max_tokens = max_tokens;
   const msrnn::CacheConfig config = cache_config(weights.config, settings);
-  const Index requested = config.capacity;
-  // Keys and values of min(C + 1, max_tokens) slots (the library's formula, per slot from 16
-  // of them: keys are stored in blocks of 16), plus at most 36 bytes of bookkeeping per slot and
-  // KV head (position, score; in_cache's virtual positions).
-  const Index slots =
-      std::min(requested == msrnn::kUnbounded ? requested : requested + 1, max_tokens);
+  // Keys and values of the slots the cache will allocate (initial_slots; the library's formula,
+  // per slot from 16 of them: keys are stored in blocks of 16), plus at most 36 bytes of
+  // bookkeeping per slot and KV head (position, score; in_cache's virtual positions).
+  const Index slots = msrnn::initial_slots(config, msrnn::policy_evicts(name));
   const double kv_bytes =
       static_cast<double>(msrnn::kv_state_bytes(config, 16)) / 16.0 *
           static_cast<double>(slots + 16) +
@@ -222,7 +220,8 @@ inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings
     if (what.rfind("msrnn: ", 0) == 0) what = what.substr(7);
     fail(name + ": " + what);
   } catch (const std::bad_alloc&) {
-    fail(name + ": not enough memory for a KV state of capacity " + std::to_string(requested));
+    fail(name + ": not enough memory for a KV state of capacity " +
+         std::to_string(config.capacity));
   }
 }
 

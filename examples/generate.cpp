@@ -205,6 +205,17 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
   }
   Transformer model(weights, common.threads);
   BatchResult result;
+  // A decode_batch that fails has freed the caches of the sequences still running: their traces
+  // must not touch them as they go.
+  struct AbandonTraces {
+    std::vector<std::unique_ptr<SequenceTrace>>& traces;
+    bool finished = false;
+    ~AbandonTraces() {
+      for (std::unique_ptr<SequenceTrace>& trace : traces) {
+        if (trace && !finished) trace->abandon();
+      }
+    }
+  } guard{traces};
   try {
     result = decode_batch(model, requests, settings, callbacks);
   } catch (const std::invalid_argument& e) {
@@ -212,6 +223,7 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
     if (what.rfind("msrnn: ", 0) == 0) what = what.substr(7);
     cli::fail(what);
   }
+  guard.finished = true;
   print_ready();
   if (trace_file) {
     try {

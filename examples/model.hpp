@@ -212,8 +212,8 @@ class Transformer {
   // out (n, rows) = x (n, cols) * w^T (or +=) for weights w (rows, cols). `batched` false (one
   // sequence, LlamaModel): Eigen's product whole, for one token its matrix-vector kernel
   // (llama2.c's matmul: the single-sequence arithmetic). `batched` (forward_batch): blocks of
-  // kBlockRows weight rows split over the threads, each weight read once for all n tokens. Eigen's product
-  // allocates its packing buffers (a few hundred KiB) per block: cutting the products small
+  // kBlockRows weight rows split over the threads, each weight read once for all n tokens. Eigen's
+  // product allocates its packing buffers (a few hundred KiB) per block: cutting the products small
   // enough for its stack buffers made a 110M-parameter batch of 55 1.5x slower. A row's sums are
   // those of its own product to float rounding (the two kernels sum in different orders).
   void product(Eigen::Map<RowMatrix> out, const Eigen::Map<RowMatrix>& x,

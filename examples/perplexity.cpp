@@ -41,7 +41,8 @@ Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each
   --chunks N         evaluate the first N chunks only (default all)
   --stream           the text as one sequence instead: BOS once, no chunks, however long
                      (a bounded policy's memory stays flat); full stops at twice the
-                     model's seq_len, past which it was never trained
+                     model's seq_len: enough to show it past its trained context, whose
+                     cost grows with the square of the length
   --policy LIST      comma-separated: {policies} (default all)
   --capacity LIST    comma-separated multi-state sizes; every bounded policy runs at every
                      capacity, full once (default 16,32,64,128,256)
@@ -410,8 +411,8 @@ int run(int argc, char** argv) {
         }) != o.policies.end()) {
       std::fprintf(stderr,
                    "note: --stream: full reads the first %lld of the %lld tokens (twice the "
-                   "model's seq_len %lld; past it, it was never trained and its cost grows with "
-                   "the square of the length)\n",
+                   "model's seq_len %lld, past which it was never trained: enough to show it "
+                   "there; its cost grows with the square of the length)\n",
                    static_cast<long long>(sequences.full_limit),
                    static_cast<long long>(stream.size()),
                    static_cast<long long>(weights.config.seq_len));
@@ -463,10 +464,12 @@ int run(int argc, char** argv) {
              (o.stream ? std::string(", one stream")
                        : ", chunk " + std::to_string(sequences.chunk_len)));
   }
-  if (csv) csv->commit();
-  if (image) image->commit();
+  // The records first: the largest, so the likeliest to fail (a full disk) before a table
+  // has replaced its predecessor.
   if (records.trace) records.trace->commit();
   if (records.per_token) records.per_token->commit();
+  if (csv) csv->commit();
+  if (image) image->commit();
   return 0;
 }
 

@@ -141,6 +141,9 @@ class SequenceTrace {
     if (cache_) cache_->set_eviction_observer(nullptr);
   }
 
+  /// Forgets the cache without touching it: it is gone (a run that failed and freed it).
+  void abandon() noexcept { cache_ = nullptr; }
+
   /// Writes the evictions so far; tokens[p] is the token at position p (-1: unknown), for every
   /// position fed.
   void write(const std::vector<int>& tokens) {

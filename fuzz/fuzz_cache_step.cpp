@@ -2,12 +2,13 @@
 // std::invalid_argument) and random inputs, fed through step and step_chunk in random pieces.
 // Every storage precision and kernel variant. Invariants: never more than C states, kept
 // positions distinct and in range, finite outputs (the values are in [-4, 4]: finite in every
-// precision).
+// precision). The eviction events, replayed from empty, give the kept positions.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <msrnn/msrnn.hpp>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -49,6 +50,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const Index nq = config.n_q_heads * config.head_dim;
   const Index nkv = config.n_kv_heads * config.head_dim;
   const bool bounded = msrnn::policy_evicts(options.name);
+  // The eviction events, replayed: every position a layer's head took in, less those evicted,
+  // must be what it keeps.
+  const auto heads = static_cast<std::size_t>(config.n_layers * config.n_kv_heads);
+  std::vector<std::set<Index>> replay(heads);  // [layer * n_kv_heads + g]
+  std::vector<Index> entered(heads, 0);        // positions below it have been inserted
+  auto take_in = [&](Index layer, Index g, Index until) -> std::set<Index>& {
+    const auto i = static_cast<std::size_t>(layer * config.n_kv_heads + g);
+    for (; entered[i] < until; ++entered[i]) replay[i].insert(entered[i]);
+    return replay[i];
+  };
+  cache->set_eviction_observer([&](const msrnn::Eviction& e) {
+    if (e.position > e.step || e.step + 1 != cache->tokens_seen(e.layer)) __builtin_trap();
+    // the tokens up to this one entered before it evicted
+    if (take_in(e.layer, e.kv_head, e.step + 1).erase(e.position) != 1) __builtin_trap();
+  });
   Index seen = 0;
   while (!in.empty() && seen < 200) {
     const Index t = 1 + in.next() % 5;
@@ -74,6 +90,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (Index g = 0; g < config.n_kv_heads; ++g) {
       const std::vector<Index> kept = cache->kept_positions(layer, g);
       if (static_cast<Index>(kept.size()) != held) __builtin_trap();
+      const std::set<Index>& replayed = take_in(layer, g, cache->tokens_seen(layer));
+      if (std::vector<Index>(replayed.begin(), replayed.end()) != kept) __builtin_trap();
       for (std::size_t i = 0; i < kept.size(); ++i) {
         if (kept[i] < 0 || kept[i] >= cache->tokens_seen(layer)) __builtin_trap();
         if (i > 0 && kept[i] <= kept[i - 1]) __builtin_trap();

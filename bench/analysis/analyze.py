@@ -50,7 +50,9 @@ def read_csv(path, columns):
 
 
 class State:
-    """One state of one layer and KV head: kept over steps [position, end)."""
+    """One state of one layer and KV head, kept after steps [position, end): `end` is the step
+    that evicted it (so a window of C keeps every state C steps; TOVA evicting the new token
+    itself keeps it 0), or the stream's length for a state still kept (`censored`)."""
     __slots__ = ("layer", "head", "position", "token", "end", "censored")
 
     def __init__(self, layer, head, position, token, end, censored):
@@ -59,13 +61,19 @@ class State:
 
 
 def read_trace(path):
-    """{policy: (states, steps)} of a one-sequence trace; steps = the tokens of the stream."""
+    """{policy: (states, steps)} of a one-sequence trace; steps = the tokens of the stream. One
+    run per policy: a trace of several capacities, positions modes or precisions is refused."""
     raw = collections.defaultdict(list)
+    settings = {}
     for r in read_csv(path, TRACE_COLUMNS):
         if r["sequence"] != "0":
             fail(f"{path}: more than one sequence (run msrnn-perplexity with --stream)")
+        setting = (r["capacity"], r["positions"], r["kv_type"])
+        if settings.setdefault(r["policy"], setting) != setting:
+            fail(f"{path}: {r['policy']} runs at more than one capacity, positions mode or "
+                 "kv_type; give one run per policy")
         try:
-            evicted = int(r["evicted_at"]) + 1 if r["evicted_at"] else None
+            evicted = int(r["evicted_at"]) if r["evicted_at"] else None
             raw[r["policy"]].append((int(r["layer"]), int(r["kv_head"]), int(r["position"]),
                                      int(r["token"]), evicted))
         except ValueError:
@@ -301,8 +309,16 @@ def stream(out, title, files, window=256):
     rows, summary = [], []
     for path in files:
         series = collections.defaultdict(list)
+        settings = {}
         for r in read_csv(path, PER_TOKEN_COLUMNS):
-            series[(r["policy"], r["capacity"], r["positions"])].append(float(r["nll"]))
+            setting = (r["capacity"], r["kv_type"])
+            if settings.setdefault((r["policy"], r["positions"]), setting) != setting:
+                fail(f"{path}: {r['policy']} {r['positions']} runs at more than one capacity or "
+                     "kv_type; give one run per policy and positions mode")
+            try:
+                series[(r["policy"], r["capacity"], r["positions"])].append(float(r["nll"]))
+            except ValueError:
+                fail(f"{path}: nll '{r['nll']}' is not a number")
         for (policy, capacity, positions), nll in series.items():
             windows = []
             for start in range(0, len(nll) - window + 1, window):
@@ -317,12 +333,17 @@ def stream(out, title, files, window=256):
     write_csv(data, ["policy", "capacity", "positions", "start", "ppl"], rows)
     png = os.path.join(out, f"stream_{slug}.png")
     policies = sorted({r[0] for r in rows}, key=lambda p: (p != "full", p))
-    script = [f"set terminal pngcairo size 1500,560 noenhanced; set output '{png}'",
+    script = [f"set terminal pngcairo size {1500 if len(set(r[2] for r in rows)) > 1 else 900},560 "
+              f"noenhanced; set output '{png}'",
               "set datafile separator ','; set logscale y; set key top left",
               "set xlabel 'token index along the stream'",
               f"set ylabel 'perplexity of the next {window} tokens'",
               f"set multiplot layout 1,2 title '{title}, C = {next((r[1] for r in rows if r[0] != 'full'), '')}'"]
-    for mode in ("absolute", "in_cache"):
+    modes = [m for m in ("absolute", "in_cache") if any(r[2] == m for r in rows)]
+    if not modes:
+        fail(f"{title}: no window of {window} predictions in {', '.join(files)}")
+    script[-1] = script[-1].replace("layout 1,2", f"layout 1,{len(modes)}")
+    for mode in modes:
         plots = ", ".join(
             f"'{data}' using ((strcol(1) eq '{p}' && strcol(3) eq '{mode}') ? $4 : 1/0):5 "
             f"with lines title '{p}'" + (" lw 2 lc rgb 'black'" if p == "full" else "")
@@ -336,9 +357,11 @@ def main(argv):
     if len(argv) < 3:
         fail(__doc__)
     command, args = argv[1], argv[2:]
-    out = {"retention": 1, "lifetime": 2, "ages": 1}.get(command)
-    if out is not None and len(args) == out + 1:
-        os.makedirs(args[-1], exist_ok=True)
+    out = args[-1] if command in ("retention", "lifetime", "ages") else args[0]
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        fail(f"{out}: cannot make the output folder ({e.strerror})")
     if command == "retention" and len(args) == 2:
         retention(*args)
     elif command == "lifetime" and len(args) == 3:

@@ -85,7 +85,7 @@ generate full 512
 for policy in ${bounded//,/ }; do
   for capacity in "${capacities[@]}"; do generate "$policy" "$capacity"; done
 done
-python3 "$here/analyze.py" lengths "$out" "$steps" 512 "$work"/stories/*.jsonl
+python3 "$here/analyze.py" lengths "$out" "$steps" "$((steps < 512 ? steps : 512))" "$work"/stories/*.jsonl
 
 # e. StreamingLLM's figure: perplexity of each 256 tokens along a stream 8x the context or more,
 # both models, two texts, absolute and in_cache positions, C = 256; full to twice its context.

@@ -256,11 +256,12 @@ class MultiStateCache {
   ///   v   (n_kv_heads, head_dim)   (1, n_kv_heads * head_dim)
   ///   out (n_q_heads, head_dim)    (1, n_q_heads * head_dim)   written: every query head's output
   /// Throws std::invalid_argument when the layer or a shape is wrong (naming both layouts).
-  /// Otherwise a bounded policy never throws and never allocates, provided q, k and v are
-  /// row-major with contiguous rows (inner stride 1): an Eigen::Ref<const RowMatrix> bound to
-  /// anything else (a column-major matrix, a strided map, an expression such as `a + b`) is a
-  /// temporary copy. Column-major Eigen arguments are rejected at compile time (the deleted
-  /// overload below). Full allocates (and may throw std::bad_alloc) when its storage must grow.
+  /// Otherwise a bounded policy never throws (but for what an eviction observer throws) and never
+  /// allocates, provided q, k and v are row-major with contiguous rows (inner stride 1): an
+  /// Eigen::Ref<const RowMatrix> bound to anything else (a column-major matrix, a strided map, an
+  /// expression such as `a + b`) is a temporary copy. Column-major Eigen arguments are rejected at
+  /// compile time (the deleted overload below). Full allocates (and may throw std::bad_alloc) when
+  /// its storage must grow.
   void step(Index layer, const Eigen::Ref<const RowMatrix>& q, const Eigen::Ref<const RowMatrix>& k,
             const Eigen::Ref<const RowMatrix>& v, Eigen::Ref<RowMatrix> out) {
     check_layer(layer);
@@ -389,13 +390,16 @@ class MultiStateCache {
   /// It is called on the thread that called `step` / `step_chunk`, once the step of that token
   /// and layer is complete (all KV heads evicted; with threads > 1 too), one event per KV head in
   /// head order, so it needs no lock. In `step_chunk` it is called after each token that evicts.
+  /// It may read the cache (kept_positions, tokens_seen), not change it: no step, reset or
+  /// set_eviction_observer on the same cache from inside it.
   /// `reset`, `append` and loading a state evict nothing and report nothing; a `copy()` or a
   /// loaded cache starts without an observer.
   ///
   /// Cost: without an observer, one store per eviction and one test per evicting step (no
   /// allocation, no call); with one, a std::function call per event. An exception the observer
-  /// throws leaves the cache as the step made it and propagates (in `step_chunk`, the chunk's
-  /// later tokens are then not fed: tokens_seen says how far the layer got).
+  /// throws leaves the cache as the step made it and propagates: that step's events for the later
+  /// KV heads are not reported (a replay no longer matches), and in `step_chunk` the chunk's
+  /// later tokens are not fed (tokens_seen says how far the layer got).
   ///
   ///   cache.set_eviction_observer([&](const msrnn::Eviction& e) {
   ///     lifetime[e.layer][e.kv_head][e.position] = e.step - e.position;

@@ -206,7 +206,8 @@ TEST(Traces, StreamEqualsOneChunkLongerThanTheText) {
   }
   // Full along the stream: the first 2 * 512 tokens, BOS included.
   const Outcome f =
-      run_tool(MSRNN_PERPLEXITY_BIN, kFiles + " --text " + text + " --stream --policy full,window --capacity 64");
+      run_tool(MSRNN_PERPLEXITY_BIN,
+               kFiles + " --text " + text + " --stream --policy full,window --capacity 64");
   ASSERT_EQ(f.status, 0) << f.err;
   EXPECT_TRUE(mentions(f.out, "full           1024      1023")) << f.out;
   EXPECT_TRUE(mentions(f.err, "full reads the first 1024")) << f.err;
@@ -234,6 +235,19 @@ TEST(Traces, BadRecordFlagsAreRefused) {
   expect_rejected(MSRNN_GENERATE_BIN, kFiles + " --save-state " + state + " --trace " + state,
                   "name the same file");
   EXPECT_TRUE(testing::hidden_files(dir().path()).empty()) << "no temporary file left";
+
+  // A batch that fails as it goes (its stdout lost) leaves its traces without touching the
+  // caches it freed (the sanitizer build would see it), and no trace file.
+  const std::string prompts = testing::write_temp("failing_prompts.txt", "Once upon\nThe dog\n");
+  const std::string lost = dir().file("lost_trace.csv");
+  const Outcome o =
+      run_tool(MSRNN_GENERATE_BIN,
+               kFiles + " --prompts " + prompts + " --batch 2 --policy tova --capacity 8" +
+                   " --steps 60 --trace " + lost,
+               "", "/dev/full");
+  EXPECT_EQ(o.status, 2) << o.err;
+  EXPECT_EQ(o.err.rfind("error: ", 0), 0u) << o.err;
+  EXPECT_FALSE(std::ifstream(lost).good());
 }
 
 // Generate's trace: writing it changes no token; one row per state of every position fed, the
