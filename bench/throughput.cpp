@@ -24,6 +24,7 @@
 #include "csv.hpp"
 #include "median.hpp"
 #include "model.hpp"
+#include "read_rate.hpp"
 #include "shapes.hpp"
 
 namespace {
@@ -138,28 +139,6 @@ std::vector<double> interleaved(const std::vector<Batch*>& batches, Index rounds
   return rates;
 }
 
-// GB/s of one streaming read of `data` (the weights: what a batch-1 step reads at least), the
-// median of 5 passes; quoted beside the tokens/s, since the machine's read rate swings.
-double read_gbps(const std::vector<float>& data) {
-  std::vector<double> rates;
-  volatile float sink = 0.0f;
-  for (int pass = 0; pass < 5; ++pass) {
-    const auto start = std::chrono::steady_clock::now();
-    float sums[16] = {};
-    const std::size_t n = data.size() / 16 * 16;
-    for (std::size_t i = 0; i < n; i += 16) {
-      for (int j = 0; j < 16; ++j) sums[j] += data[i + static_cast<std::size_t>(j)];
-    }
-    float total = 0.0f;
-    for (float x : sums) total += x;
-    sink = sink + total;
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    rates.push_back(static_cast<double>(n * sizeof(float)) / seconds / 1e9);
-  }
-  return bench::median(rates);
-}
-
 int run(int argc, char** argv) {
   std::vector<std::string> models = {"random110m", "stories260K", "austen2.5M"};
   std::vector<std::string> policies = cli::all_policies();
@@ -217,7 +196,7 @@ int run(int argc, char** argv) {
                 "' (expected random110m, stories260K or austen2.5M)");
     }
     Transformer model(weights, threads);
-    const double gbps = read_gbps(weights.data);
+    const double gbps = bench::read_gbps(weights.data.data(), weights.data.size());
     const double weight_bytes = static_cast<double>(weights.data.size() * sizeof(float));
     std::printf("\n%s (%s), %lld-token sequences, KV budget %.3g GiB, %s, %lld threads\n",
                 name.c_str(), engine::detail::describe(weights.config).c_str(),

@@ -28,6 +28,7 @@ struct Request {
   float temperature = 1.0f;  // 0 is greedy
   float topp = 0.9f;         // top-p in (0, 1); otherwise the whole distribution
   std::uint64_t seed = 1;    // the sequence's own Sampler: its text is that of decoding it alone
+  int end_token = -1;        // a token that ends the text besides BOS (a GGUF model's EOS); -1 none
 };
 
 /// How the requests share the batch.
@@ -45,7 +46,7 @@ struct BatchSettings {
 struct SequenceResult {
   std::vector<int> generated;  // the sampled tokens in order (not the BOS that ended it)
   Index tokens = 0;            // forward steps, prompt included (generate's token count)
-  bool ended_by_bos = false;   // the next token was BOS before max_tokens steps
+  bool ended_by_bos = false;   // the next token was BOS (or end_token) before max_tokens steps
   std::size_t kv_bytes = 0;    // its cache's KV state, held from admission to its end
   Index first_step = 0;        // the batched steps it took part in: [first_step, last_step]
   Index last_step = 0;
@@ -275,7 +276,7 @@ inline BatchResult decode_batch(Transformer& model, const std::vector<Request>& 
             TokenEvent{lane.request, lane.position, lane.token, token, sampled,
                        Eigen::Map<const RowVector>(logits.row(b).data(), c.vocab_size)});
       }
-      if (token == kBos) {
+      if (token == kBos || token == requests[lane.request].end_token) {
         out.ended_by_bos = true;
         lane.done = true;
         continue;

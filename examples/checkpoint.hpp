@@ -1,4 +1,4 @@
-// llama2.c checkpoints (legacy format): header, validation, weights.
+// llama2.c checkpoints (legacy format): header, validation, weights (LlamaWeights, weights.hpp).
 #pragma once
 
 #include <algorithm>
@@ -17,47 +17,12 @@
 
 #include "files.hpp"
 #include "msrnn/types.hpp"
+#include "weights.hpp"
 #include "xorshift.hpp"
 
 namespace engine {
 
 using msrnn::Index;
-
-/// The 7 int32 of a llama2.c legacy header, resolved.
-struct LlamaConfig {
-  Index dim = 0;
-  Index hidden_dim = 0;
-  Index n_layers = 0;
-  Index n_heads = 0;
-  Index n_kv_heads = 0;
-  Index vocab_size = 0;
-  Index seq_len = 0;
-  bool shared_classifier = true;  // the header's vocab_size was positive
-
-  Index head_dim() const { return dim / n_heads; }
-  Index kv_dim() const { return n_kv_heads * head_dim(); }
-};
-
-/// Every weight of the model, row-major, in llama2.c's order. Matrices are (out, in).
-struct LlamaWeights {
-  LlamaConfig config;
-  std::vector<float> data;  // the whole float payload of the file
-  // Offsets (in floats) into data:
-  std::size_t embedding = 0;   // (vocab, dim)
-  std::size_t rms_att = 0;     // (layers, dim)
-  std::size_t wq = 0;          // (layers, dim, dim)
-  std::size_t wk = 0;          // (layers, kv_dim, dim)
-  std::size_t wv = 0;          // (layers, kv_dim, dim)
-  std::size_t wo = 0;          // (layers, dim, dim)
-  std::size_t rms_ffn = 0;     // (layers, dim)
-  std::size_t w1 = 0;          // (layers, hidden, dim)
-  std::size_t w2 = 0;          // (layers, dim, hidden)
-  std::size_t w3 = 0;          // (layers, hidden, dim)
-  std::size_t rms_final = 0;   // (dim)
-  std::size_t classifier = 0;  // (vocab, dim): the embedding when shared
-
-  const float* at(std::size_t offset) const { return data.data() + offset; }
-};
 
 namespace detail {
 
@@ -70,47 +35,41 @@ inline bool mul_add(std::uint64_t a, std::uint64_t b, std::uint64_t c, std::uint
   return true;
 }
 
-inline std::string describe(const LlamaConfig& c) {
-  return "dim " + std::to_string(c.dim) + ", hidden_dim " + std::to_string(c.hidden_dim) +
-         ", n_layers " + std::to_string(c.n_layers) + ", n_heads " + std::to_string(c.n_heads) +
-         ", n_kv_heads " + std::to_string(c.n_kv_heads) + ", vocab_size " +
-         std::to_string(c.vocab_size) + ", seq_len " + std::to_string(c.seq_len);
-}
-
-// Sets the offsets of every tensor of w (w.config given) in the file's float payload, whose
-// size goes to `floats`; false if a size overflows 64 bits. The shared classifier is resolved
-// by the caller (it is the embedding).
-inline bool plan_layout(LlamaWeights& w, std::uint64_t& floats) {
-  const LlamaConfig& c = w.config;
-  const auto u = [](Index x) { return static_cast<std::uint64_t>(x); };
-  struct Part {
-    std::size_t* offset;
-    std::uint64_t a, b, c;  // a * b * c floats
-  };
-  const Part parts[] = {
-      {&w.embedding, u(c.vocab_size), u(c.dim), 1},
-      {&w.rms_att, u(c.n_layers), u(c.dim), 1},
-      {&w.wq, u(c.n_layers), u(c.dim), u(c.dim)},
-      {&w.wk, u(c.n_layers), u(c.kv_dim()), u(c.dim)},
-      {&w.wv, u(c.n_layers), u(c.kv_dim()), u(c.dim)},
-      {&w.wo, u(c.n_layers), u(c.dim), u(c.dim)},
-      {&w.rms_ffn, u(c.n_layers), u(c.dim), 1},
-      {&w.w1, u(c.n_layers), u(c.hidden_dim), u(c.dim)},
-      {&w.w2, u(c.n_layers), u(c.dim), u(c.hidden_dim)},
-      {&w.w3, u(c.n_layers), u(c.hidden_dim), u(c.dim)},
-      {&w.rms_final, u(c.dim), 1, 1},
-      {nullptr, u(c.seq_len), u(c.head_dim()),
-       1},  // the two RoPE tables, (seq_len, head_dim/2) each
-      {&w.classifier, c.shared_classifier ? 0 : u(c.vocab_size), u(c.dim), 1},
-  };
+// The floats of a llama2.c payload for shape c, in the file's order: each part for all layers,
+// then the two RoPE tables, (seq_len, head_dim / 2) each, which the engine does not use, then the
+// classifier unless shared. False if the size overflows 64 bits. Arithmetic only: nothing is
+// allocated before the caller has checked the size against the file.
+inline bool payload_floats(const LlamaConfig& c, std::uint64_t& floats) {
+  const auto layers = static_cast<std::uint64_t>(c.n_layers);
   floats = 0;
   bool ok = true;
-  for (const Part& part : parts) {
-    std::uint64_t ab = 0;
-    if (part.offset) *part.offset = static_cast<std::size_t>(floats);
-    ok = ok && mul_add(part.a, part.b, 0, ab) && mul_add(ab, part.c, floats, floats);
+  for (Part p : kAllParts) {
+    if (p == Part::classifier && c.shared_classifier) continue;
+    // (part_elements multiplies two positive int32, which fits in 64 bits)
+    ok = ok && mul_add(part_elements(c, p), per_layer(p) ? layers : 1, floats, floats);
+    if (p == Part::rms_final) {
+      ok = ok && mul_add(static_cast<std::uint64_t>(c.seq_len),
+                         static_cast<std::uint64_t>(c.head_dim()), floats, floats);
+    }
   }
   return ok;
+}
+
+// Places every tensor of w (w.config given, its payload_floats checked) in data, in that order.
+inline void place_payload(LlamaWeights& w) {
+  const LlamaConfig& c = w.config;
+  std::size_t at = 0;
+  for (Part p : kAllParts) {
+    if (p == Part::classifier && c.shared_classifier) {
+      w.place(p, 0, {nullptr, 0});  // the embedding, at offset 0
+      continue;
+    }
+    const auto each = static_cast<std::size_t>(part_elements(c, p));
+    for (Index l = 0; l < (per_layer(p) ? c.n_layers : 1); ++l, at += each) {
+      w.place(p, l, {nullptr, at});
+    }
+    if (p == Part::rms_final) at += static_cast<std::size_t>(c.seq_len * c.head_dim());
+  }
 }
 
 }  // namespace detail
@@ -180,7 +139,7 @@ inline LlamaWeights read_checkpoint(std::istream& file, std::uint64_t file_bytes
   LlamaWeights w;
   w.config = c;
   std::uint64_t floats = 0;
-  const bool ok = detail::plan_layout(w, floats);
+  const bool ok = detail::payload_floats(c, floats);
   std::uint64_t expected = 0;
   const bool fits = ok && detail::mul_add(floats, 4, 28, expected);
   if (!fits || expected != file_bytes) {
@@ -189,8 +148,7 @@ inline LlamaWeights read_checkpoint(std::istream& file, std::uint64_t file_bytes
          " classifier) needs " + (fits ? std::to_string(expected) : std::string("more than 2^64")) +
          ": truncated, or not a llama2.c legacy checkpoint");
   }
-  if (c.shared_classifier) w.classifier = w.embedding;
-
+  detail::place_payload(w);
   w.data.resize(static_cast<std::size_t>(floats));
   file.read(reinterpret_cast<char*>(w.data.data()), static_cast<std::streamsize>(floats * 4));
   if (!file) fail("cannot read the weights");
@@ -203,23 +161,21 @@ inline LlamaWeights random_weights(const LlamaConfig& config, std::uint64_t seed
   LlamaWeights w;
   w.config = config;
   std::uint64_t floats = 0;
-  if (!detail::plan_layout(w, floats)) {
+  if (!detail::payload_floats(config, floats)) {
     throw std::length_error("random_weights: " + detail::describe(config) + " overflows");
   }
-  if (config.shared_classifier) w.classifier = w.embedding;
+  detail::place_payload(w);
   w.data.resize(static_cast<std::size_t>(floats));
   XorShift64Star rng(seed * 0x9E3779B97F4A7C15ull + 1);
   for (float& x : w.data) {  // the top 24 bits -> uniform in [-0.0346, 0.0346)
     const auto bits = static_cast<std::uint32_t>(rng.next() >> 40);
     x = (static_cast<float>(bits) / 16777216.0f - 0.5f) * 0.0693f;
   }
-  const Index dim = config.dim;
-  auto ones = [&](std::size_t offset, Index n) {
-    std::fill_n(w.data.begin() + static_cast<std::ptrdiff_t>(offset), n, 1.0f);
-  };
-  ones(w.rms_att, config.n_layers * dim);
-  ones(w.rms_ffn, config.n_layers * dim);
-  ones(w.rms_final, dim);
+  for (Part p : {Part::rms_att, Part::rms_ffn, Part::rms_final}) {
+    for (Index l = 0; l < (per_layer(p) ? config.n_layers : 1); ++l) {
+      std::fill_n(w.owned_tensor(p, l), config.dim, 1.0f);
+    }
+  }
   return w;
 }
 

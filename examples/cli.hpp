@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "flags.hpp"
+#include "gguf_model.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -51,21 +52,42 @@ inline std::string find_model_file(const std::string& name, const char* flag) {
        "to download it)");
 }
 
+/// Warns when weights are NaN or infinite (the run goes on; its outputs will be too).
+inline void warn_non_finite(const LlamaWeights& weights, const std::string& path) {
+  std::size_t bad = 0;
+  weights.for_each_tensor([&](Part p, Index, const float* x, std::size_t n) {
+    if (p == Part::classifier && weights.config.shared_classifier) return;  // the embedding
+    for (std::size_t i = 0; i < n; ++i) bad += std::isfinite(x[i]) ? 0 : 1;
+  });
+  if (bad > 0) {
+    std::fprintf(stderr, "warning: %s: %zu weights are NaN or infinite; outputs will be too\n",
+                 path.c_str(), bad);
+  }
+}
+
 /// Loads the weights and tokenizer, turning a bad file into "error: <file>: <what>".
 inline LlamaWeights load_weights(const std::string& path) {
   try {
     LlamaWeights weights = load_checkpoint(path);
-    std::size_t bad = 0;
-    for (float x : weights.data) bad += std::isfinite(x) ? 0 : 1;
-    if (bad > 0) {
-      std::fprintf(stderr, "warning: %s: %zu weights are NaN or infinite; outputs will be too\n",
-                   path.c_str(), bad);
-    }
+    warn_non_finite(weights, path);
     return weights;
   } catch (const FileError& e) {
     fail(e.what());
   } catch (const std::bad_alloc&) {
     fail(path + ": not enough memory for its weights");
+  }
+}
+
+/// Loads a GGUF model file (weights and the tokenizer it carries), errors as load_weights.
+inline GgufModel load_gguf(const std::string& path) {
+  try {
+    GgufModel model = load_gguf_model(path);
+    warn_non_finite(model.weights, path);
+    return model;
+  } catch (const FileError& e) {
+    fail(e.what());
+  } catch (const std::bad_alloc&) {
+    fail(path + ": not enough memory to load it (its metadata, tokenizer or converted weights)");
   }
 }
 
@@ -77,7 +99,7 @@ inline Tokenizer load_tokenizer(const std::string& path, Index vocab_size) {
   }
 }
 
-/// A loaded checkpoint and its tokenizer.
+/// A loaded model and its tokenizer.
 struct ModelFiles {
   std::string model_path;
   LlamaWeights weights;
@@ -126,15 +148,28 @@ struct CommonFlags {
   }
 
   /// Resolves the default model and tokenizer (find_model_file), so that outputs can be checked
-  /// against them before anything is loaded.
+  /// against them before anything is loaded. A GGUF model (told by its magic, not its name)
+  /// carries its tokenizer: --tokenizer is then not needed, and ignored with a warning if given.
   void resolve_paths() {
     if (model_path.empty()) model_path = find_model_file("stories260K.bin", "--model");
+    if (is_gguf_file(model_path)) {
+      if (!tokenizer_path.empty()) {
+        warn("--tokenizer is ignored: the GGUF model " + model_path + " carries its own");
+      }
+      tokenizer_path.clear();
+      return;
+    }
     if (tokenizer_path.empty()) tokenizer_path = find_model_file("tok512.bin", "--tokenizer");
   }
 
-  /// The checkpoint and tokenizer the flags name (or the defaults, found by find_model_file).
+  /// The model and tokenizer the flags name (or the defaults, found by find_model_file): a
+  /// llama2.c checkpoint and its tokenizer file, or a GGUF file holding both.
   ModelFiles load_model_files() {
     resolve_paths();
+    if (tokenizer_path.empty()) {
+      GgufModel model = load_gguf(model_path);
+      return {model_path, std::move(model.weights), std::move(model.tokenizer)};
+    }
     LlamaWeights weights = load_weights(model_path);
     Tokenizer tokenizer = load_tokenizer(tokenizer_path, weights.config.vocab_size);
     return {model_path, std::move(weights), std::move(tokenizer)};

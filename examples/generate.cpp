@@ -25,10 +25,13 @@ namespace {
 using namespace engine;
 
 const char* const kUsage = R"(usage: msrnn-generate [options]
-Generates text with a llama2.c checkpoint whose KV cache is an msrnn multi-state.
-  --model FILE          checkpoint (default stories260K.bin, found in $MSRNN_MODEL_DIR,
+Generates text with a Llama model (llama2.c checkpoint or GGUF) whose KV cache is an msrnn
+multi-state.
+  --model FILE          a llama2.c checkpoint or a GGUF file (told apart by its first
+                        bytes; default stories260K.bin, found in $MSRNN_MODEL_DIR,
                         ../shared/models beside the repository, or models/ in it)
-  --tokenizer FILE      tokenizer (default tok512.bin, found likewise)
+  --tokenizer FILE      a checkpoint's tokenizer (default tok512.bin, found likewise);
+                        a GGUF file carries its own
   --prompt TEXT         text to start from (default: none, from BOS)
   --steps N             tokens in all, prompt included (default 256); may exceed the model's
                         seq_len with a bounded policy
@@ -142,6 +145,7 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     Request r;
     r.prompt = tokenizer.encode(prompts[i], /*bos=*/true);
+    r.end_token = tokenizer.eos();
     r.max_tokens = steps;
     r.temperature = static_cast<float>(temperature);
     r.topp = static_cast<float>(topp);
@@ -172,11 +176,11 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
   };
   BatchCallbacks callbacks;
   callbacks.on_token = [&](const TokenEvent& e) {
-    if (e.sampled && e.next != kBos) {
+    if (e.sampled && !tokenizer.ends_text(e.next)) {
       completion[e.sequence] += tokenizer.decode(e.token, e.next);
       ++generated[e.sequence];
     }
-    if (e.next == kBos || e.position + 1 == requests[e.sequence].max_tokens) {
+    if (tokenizer.ends_text(e.next) || e.position + 1 == requests[e.sequence].max_tokens) {
       done[e.sequence] = true;
     }
   };
@@ -387,7 +391,8 @@ int run(int argc, char** argv) {
   std::size_t forced = 0;  // of at.pending_prompt
   int token = at.token;
   // A saved sequence that had ended (BOS came next) stays ended, as one longer run would.
-  const bool ended = resume && token == kBos && at.position > 0 && at.pending_prompt.empty();
+  const bool ended =
+      resume && tokenizer.ends_text(token) && at.position > 0 && at.pending_prompt.empty();
   if (ended) cli::warn("--load-state: the saved sequence had ended (BOS); nothing to generate");
   for (long long i = 0; i < steps && !ended; ++i) {
     const RowVector& logits = model.forward(token);
@@ -399,8 +404,8 @@ int run(int argc, char** argv) {
         forced < at.pending_prompt.size() ? at.pending_prompt[forced++] : sampler.sample(logits);
     ++generated;
     const int previous = token;
-    token = next;  // the next to feed: a saved state resumes with it
-    if (next == kBos) break;
+    token = next;                          // the next to feed: a saved state resumes with it
+    if (tokenizer.ends_text(next)) break;  // BOS, or a GGUF model's EOS
     const std::string piece = tokenizer.decode(previous, next);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     cli::check_stdout();  // a lost write ends the run now, not after it

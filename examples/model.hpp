@@ -31,8 +31,8 @@ struct CacheSettings {
   Index max_tokens = 0;  // tokens a sequence has at most, if known (CacheConfig::max_tokens)
 };
 
-/// The cache of a model of shape `c` bounded as `s` says (RoPE interleaved, theta 10000, as
-/// llama2.c).
+/// The cache of a model of shape `c` bounded as `s` says (RoPE interleaved, as llama2.c and
+/// llama.cpp's `llama` architecture; base c.rope_theta).
 inline msrnn::CacheConfig cache_config(const LlamaConfig& c, const CacheSettings& s) {
   msrnn::CacheConfig config;
   config.n_layers = c.n_layers;
@@ -40,7 +40,7 @@ inline msrnn::CacheConfig cache_config(const LlamaConfig& c, const CacheSettings
   config.n_kv_heads = c.n_kv_heads;
   config.head_dim = c.head_dim();
   config.capacity = s.capacity >= 0 ? s.capacity : c.seq_len;
-  config.rope = msrnn::Rope(c.head_dim(), 10000.0, msrnn::RopeLayout::interleaved);
+  config.rope = msrnn::Rope(c.head_dim(), c.rope_theta, msrnn::RopeLayout::interleaved);
   config.positions = s.positions;
   config.threads = s.threads;
   config.kv_type = s.kv_type;
@@ -168,13 +168,12 @@ class Transformer {
     return Eigen::Map<RowMatrix>(m.data(), n, m.cols());
   }
 
-  Eigen::Map<const RowMatrix> matrix(std::size_t offset, Index layer, Index rows,
-                                     Index cols) const {
-    return Eigen::Map<const RowMatrix>(
-        w_->at(offset + static_cast<std::size_t>(layer * rows * cols)), rows, cols);
+  // Part p's tensor of `layer` as a (rows, cols) matrix / a vector of n.
+  Eigen::Map<const RowMatrix> matrix(Part p, Index layer, Index rows, Index cols) const {
+    return Eigen::Map<const RowMatrix>(w_->tensor(p, layer), rows, cols);
   }
-  Eigen::Map<const RowVector> vector(std::size_t offset, Index layer, Index n) const {
-    return Eigen::Map<const RowVector>(w_->at(offset + static_cast<std::size_t>(layer * n)), n);
+  Eigen::Map<const RowVector> vector(Part p, Index layer, Index n) const {
+    return Eigen::Map<const RowVector>(w_->tensor(p, layer), n);
   }
 
   // Builds its message only on failure: the per-token path must not allocate.
@@ -194,12 +193,12 @@ class Transformer {
     require(got.head_dim, c.head_dim(), "head_dim", "head size");
   }
 
-  // out = rmsnorm(x) * weight, row by row (eps 1e-5 as llama2.c).
+  // out = rmsnorm(x) * weight, row by row (eps: the config's, 1e-5 in llama2.c).
   static void rmsnorm(Eigen::Map<RowMatrix> out, const Eigen::Map<RowMatrix>& x,
-                      const Eigen::Map<const RowVector>& weight) {
+                      const Eigen::Map<const RowVector>& weight, float eps) {
     for (Index r = 0; r < x.rows(); ++r) {
       const float mean_square = x.row(r).squaredNorm() / static_cast<float>(x.cols());
-      const float inv = 1.0f / std::sqrt(mean_square + 1e-5f);
+      const float inv = 1.0f / std::sqrt(mean_square + eps);
       out.row(r) = (x.row(r) * inv).cwiseProduct(weight);
     }
   }
@@ -274,24 +273,26 @@ class Transformer {
     Eigen::Map<RowMatrix> k = rows(k_, n), v = rows(v_, n);      // (n, n_kv_heads * head_dim)
     Eigen::Map<RowMatrix> h1 = rows(h1_, n), h3 = rows(h3_, n);  // (n, hidden)
     Eigen::Map<RowMatrix> logits = rows(logits_, n);             // (n, vocab)
-    for (Index t = 0; t < n; ++t) x.row(t) = vector(w_->embedding, tokens[t], dim);
+    for (Index t = 0; t < n; ++t) {
+      x.row(t) = Eigen::Map<const RowVector>(w_->tensor(Part::embedding) + tokens[t] * dim, dim);
+    }
     for (Index l = 0; l < c.n_layers; ++l) {
       // attention
-      rmsnorm(xb, x, vector(w_->rms_att, l, dim));
-      product(q, xb, matrix(w_->wq, l, dim, dim), batched, false);
-      product(k, xb, matrix(w_->wk, l, kv_dim, dim), batched, false);
-      product(v, xb, matrix(w_->wv, l, kv_dim, dim), batched, false);
+      rmsnorm(xb, x, vector(Part::rms_att, l, dim), c.rms_eps);
+      product(q, xb, matrix(Part::wq, l, dim, dim), batched, false);
+      product(k, xb, matrix(Part::wk, l, kv_dim, dim), batched, false);
+      product(v, xb, matrix(Part::wv, l, kv_dim, dim), batched, false);
       attend(l);  // the one call site of the cache(s)
-      product(x, att, matrix(w_->wo, l, dim, dim), batched, true);
+      product(x, att, matrix(Part::wo, l, dim, dim), batched, true);
       // feed-forward: w2(silu(w1 x) * w3 x)
-      rmsnorm(xb, x, vector(w_->rms_ffn, l, dim));
-      product(h1, xb, matrix(w_->w1, l, hidden, dim), batched, false);
-      product(h3, xb, matrix(w_->w3, l, hidden, dim), batched, false);
+      rmsnorm(xb, x, vector(Part::rms_ffn, l, dim), c.rms_eps);
+      product(h1, xb, matrix(Part::w1, l, hidden, dim), batched, false);
+      product(h3, xb, matrix(Part::w3, l, hidden, dim), batched, false);
       h1.array() = h1.array() / (1.0f + (-h1.array()).exp()) * h3.array();
-      product(x, h1, matrix(w_->w2, l, dim, hidden), batched, true);
+      product(x, h1, matrix(Part::w2, l, dim, hidden), batched, true);
     }
-    rmsnorm(xb, x, vector(w_->rms_final, 0, dim));
-    product(logits, xb, matrix(w_->classifier, 0, c.vocab_size, dim), batched, false);
+    rmsnorm(xb, x, vector(Part::rms_final, 0, dim), c.rms_eps);
+    product(logits, xb, matrix(Part::classifier, 0, c.vocab_size, dim), batched, false);
     return ConstRowMap(logits_.data(), n, c.vocab_size);
   }
 

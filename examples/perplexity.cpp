@@ -32,10 +32,13 @@ namespace {
 using namespace engine;
 
 const char* const kUsage = R"(usage: msrnn-perplexity --text FILE [options]
-Perplexity of a llama2.c checkpoint on a text, with its KV cache bounded by each policy.
-  --model FILE       checkpoint (default stories260K.bin, found in $MSRNN_MODEL_DIR,
+Perplexity of a Llama model (llama2.c checkpoint or GGUF) on a text, with its KV cache bounded
+by each policy.
+  --model FILE       a llama2.c checkpoint or a GGUF file (told apart by its first
+                     bytes; default stories260K.bin, found in $MSRNN_MODEL_DIR,
                      ../shared/models beside the repository, or models/ in it)
-  --tokenizer FILE   tokenizer (default tok512.bin, found likewise)
+  --tokenizer FILE   a checkpoint's tokenizer (default tok512.bin, found likewise);
+                     a GGUF file carries its own
   --text FILE        the text (required)
   --chunk N          tokens per chunk, BOS included (default the model's seq_len)
   --chunks N         evaluate the first N chunks only (default all)

@@ -34,10 +34,24 @@ inline std::uint64_t model_fingerprint(const LlamaWeights& weights) {
   const std::int64_t shape[] = {c.dim,        c.hidden_dim, c.n_layers, c.n_heads,
                                 c.n_kv_heads, c.vocab_size, c.seq_len,  c.shared_classifier};
   std::string bytes(reinterpret_cast<const char*>(shape), sizeof shape);
-  const std::uint64_t sum =
-      msrnn::state_checksum(reinterpret_cast<const unsigned char*>(weights.data.data()),
-                            weights.data.size() * sizeof(float));
-  bytes.append(reinterpret_cast<const char*>(&sum), sizeof sum);
+  // RoPE's base and RMSNorm's epsilon change the model too; hashed only when they are not
+  // llama2.c's (a GGUF file's), so that a checkpoint's fingerprint stays what it was.
+  if (c.rope_theta != 10000.0 || c.rms_eps != 1e-5f) {
+    bytes.append(reinterpret_cast<const char*>(&c.rope_theta), sizeof c.rope_theta);
+    bytes.append(reinterpret_cast<const char*>(&c.rms_eps), sizeof c.rms_eps);
+  }
+  auto checksum = [](const float* p, std::size_t n) {
+    return msrnn::state_checksum(reinterpret_cast<const unsigned char*>(p), n * sizeof(float));
+  };
+  if (weights.floats_in_file() == 0) {  // all in data (a checkpoint's payload): one checksum
+    const std::uint64_t sum = checksum(weights.data.data(), weights.data.size());
+    bytes.append(reinterpret_cast<const char*>(&sum), sizeof sum);
+  } else {  // tensors in a mapped file too: one checksum a tensor
+    weights.for_each_tensor([&](Part, Index, const float* p, std::size_t n) {
+      const std::uint64_t sum = checksum(p, n);
+      bytes.append(reinterpret_cast<const char*>(&sum), sizeof sum);
+    });
+  }
   return msrnn::state_checksum(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
 }
 

@@ -46,8 +46,43 @@ class Tokenizer {
     parse(in, bytes.size(), vocab_size, name);
   }
 
+  /// The tokenizer of a vocabulary given as pieces and their merge scores (a GGUF file's, whose
+  /// "▁" the caller has turned into spaces) and its end-of-text id `eos` (-1: none), named `name`
+  /// in errors. The same checks as a file's: at least 259 pieces, finite scores, <0x00>..<0xFF> at
+  /// ids 3..258.
+  Tokenizer(std::vector<std::string> pieces, std::vector<float> scores, int eos,
+            const std::string& name)
+      : eos_(eos) {
+    auto fail = [&](const std::string& what) -> void { throw FileError(name + ": " + what); };
+    if (pieces.size() != scores.size()) {
+      fail("the tokenizer has " + std::to_string(pieces.size()) + " pieces but " +
+           std::to_string(scores.size()) + " scores");
+    }
+    if (pieces.size() < static_cast<std::size_t>(kFirstByteToken + 256)) {
+      fail("the tokenizer has " + std::to_string(pieces.size()) +
+           " pieces, too few for byte fallback (259)");
+    }
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      if (!std::isfinite(scores[i])) {
+        fail("piece " + std::to_string(i) + " has a score that is not finite");
+      }
+      ids_.emplace(pieces[i], static_cast<int>(i));  // the first of equal pieces wins
+    }
+    pieces_ = std::move(pieces);
+    scores_ = std::move(scores);
+    check_byte_pieces(fail);
+  }
+
+  /// The end-of-text token besides BOS: a GGUF file's EOS; -1 for a llama2.c tokenizer, whose
+  /// texts end at BOS only (as run.c's).
+  int eos() const { return eos_; }
+  /// True if `token` ends a generated text (BOS, or eos()).
+  bool ends_text(int token) const { return token == kBos || (eos_ >= 0 && token == eos_); }
+
   Index vocab_size() const { return static_cast<Index>(pieces_.size()); }
   const std::string& piece(int id) const { return pieces_[static_cast<std::size_t>(id)]; }
+  /// The merge score of piece `id` (higher merges first).
+  float score(int id) const { return scores_[static_cast<std::size_t>(id)]; }
 
   /// Encodes like llama2.c / sentencepiece: optional BOS, a dummy-prefix space, UTF-8 code points
   /// looked up as pieces (byte fallback otherwise), then repeatedly the adjacent pair whose merged
@@ -147,6 +182,11 @@ class Tokenizer {
            " pieces, but the model's vocab_size is " + std::to_string(vocab_size) +
            ": they do not belong together");
     }
+    check_byte_pieces(fail);
+  }
+
+  template <class Fail>
+  void check_byte_pieces(const Fail& fail) const {
     for (int b = 0; b < 256; ++b) {
       char name[8];
       std::snprintf(name, sizeof(name), "<0x%02X>", b);
@@ -240,6 +280,7 @@ class Tokenizer {
   std::vector<std::string> pieces_;  // (vocab)
   std::vector<float> scores_;        // (vocab)
   std::unordered_map<std::string, int> ids_;
+  int eos_ = -1;
 };
 
 }  // namespace engine

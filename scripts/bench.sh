@@ -3,7 +3,7 @@
 # files to build/bench/results/ (see bench/README.md for what each measures).
 #
 #   scripts/bench.sh            # bench_attention (3 repetitions, interleaved), bench_decoder,
-#                               # bench_throughput, bench_engine, trace_cost.sh
+#                               # bench_throughput, bench_engine, bench_gguf, trace_cost.sh
 #                               # (the analyses: bench/analysis/run.sh)
 #   scripts/bench.sh --smoke    # each benchmark once with a tiny time budget (CI)
 set -euo pipefail
@@ -21,7 +21,7 @@ build="$root/build/bench"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMSRNN_NATIVE=ON \
   -DMSRNN_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)" \
-  --target bench_attention bench_decoder bench_throughput bench_engine bench_soak msrnn-perplexity \
+  --target bench_attention bench_decoder bench_throughput bench_engine bench_soak bench_gguf msrnn-perplexity \
   msrnn-generate
 results="$build/results"
 mkdir -p "$results"
@@ -39,6 +39,8 @@ if [ "$smoke" = 1 ]; then
   test "$(wc -l < "$results/throughput_smoke.csv")" -eq $((3 * policies))  # full: 2 rows, others 3
   "$build/bench/bench_engine" --repeats 1 --rounds 1
   "$build/bench/bench_soak" --policy tova --capacity 64 --tokens 20000
+  "$build/bench/bench_gguf" --dim 96 --layers 2 --rounds 1 --tokens 2 --csv "$results/gguf_smoke.csv"
+  test "$(wc -l < "$results/gguf_smoke.csv")" -eq 5  # checkpoint and 3 GGUF types
   "$root/bench/trace_cost.sh" --smoke --bin "$build/examples"
   "$root/bench/analysis/run.sh" --smoke --bin "$build/examples" --out "$results/analysis_smoke"
   for figure in retention_tova lifetime_by_class ages lengths stream_stories260K_on_TinyStories; do
@@ -55,5 +57,6 @@ fi
 "$build/bench/bench_decoder" --csv "$results/decoder.csv"
 "$build/bench/bench_throughput" --csv "$results/throughput.csv"
 "$build/bench/bench_engine"
+"$build/bench/bench_gguf" --csv "$results/gguf.csv"
 "$root/bench/trace_cost.sh" --bin "$build/examples"
 echo "CSV files in $results; the quality sweep is bench/quality_sweep (see bench/README.md)"

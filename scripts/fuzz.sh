@@ -16,16 +16,20 @@ cmake --build "$build" -j "$(nproc)"
 mkdir -p "$build/findings"
 models="${MSRNN_MODEL_DIR:-$root/../shared/models}"
 status=0
-for target in checkpoint tokenizer encode cache_step state; do
+for target in checkpoint tokenizer encode cache_step state gguf; do
   corpus="$build/corpus/$target"
   mkdir -p "$corpus"
   # Seeds: the real files, where the target reads such files.
   case "$target" in
     tokenizer) [[ -f $models/tok512.bin ]] && { printf '\x05' | cat - "$models/tok512.bin" > "$corpus/seed_tok512"; } ;;
     encode) printf 'Once upon a time, there was a little girl named Lily.\n' > "$corpus/seed_text" ;;
+    gguf) python3 "$root/fuzz/gguf_seed.py" "$corpus/seed_tiny_llama.gguf" ;;
   esac
+  # A GGUF file with its 259 byte-fallback pieces takes ~9 KB (the seed); the others fit in 4 KB.
+  max_len=4096
+  [[ $target == gguf ]] && max_len=16384
   echo "== fuzz_$target for ${seconds}s"
-  if ! "$build/fuzz/fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=4096 \
+  if ! "$build/fuzz/fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len="$max_len" \
       -artifact_prefix="$build/findings/$target-" -print_final_stats=1 "$corpus" \
       > "$build/fuzz_$target.log" 2>&1; then
     echo "fuzz_$target FOUND A PROBLEM:"; tail -40 "$build/fuzz_$target.log"; status=1

@@ -371,3 +371,41 @@ TEST(BatchDecoding, ABatchOfOneIsLlamaModelForwardBitForBit) {
 
 }  // namespace
 }  // namespace engine
+
+namespace engine {
+namespace {
+
+// A request's end_token (a GGUF model's EOS) ends its text as BOS does, before the token.
+TEST(BatchDecoding, AnEndTokenEndsTheTextLikeBos) {
+  const LlamaWeights weights = testing::small_random_model(13);
+  Transformer model(weights);
+  BatchSettings batch;
+  batch.cache.policy.name = "full";
+  Request r;
+  r.prompt = {kBos};
+  r.max_tokens = 40;
+  std::vector<int> all;
+  for (r.seed = 1; r.seed < 50 && all.size() <= 10; ++r.seed) {  // a text that BOS does not end
+    all = decode_batch(model, {r}, batch).sequences[0].generated;
+  }
+  --r.seed;
+  ASSERT_GT(all.size(), 10u);
+  int end = -1;
+  std::size_t first = 0;
+  for (std::size_t i = 3; i < all.size() && end < 0; ++i) {  // a token first seen at i >= 3
+    if (std::find(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(i), all[i]) ==
+        all.begin() + static_cast<std::ptrdiff_t>(i)) {
+      end = all[i];
+      first = i;
+    }
+  }
+  ASSERT_GE(end, 0);
+  r.end_token = end;
+  const SequenceResult cut = decode_batch(model, {r}, batch).sequences[0];
+  EXPECT_TRUE(cut.ended_by_bos);
+  EXPECT_EQ(cut.generated,
+            std::vector<int>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(first)));
+}
+
+}  // namespace
+}  // namespace engine

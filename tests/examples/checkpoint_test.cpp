@@ -61,7 +61,7 @@ TEST(Checkpoint, LoadsStories260K) {
   EXPECT_EQ(w.config.vocab_size, 512);
   EXPECT_EQ(w.config.seq_len, 512);
   EXPECT_TRUE(w.config.shared_classifier);
-  EXPECT_EQ(w.classifier, w.embedding);
+  EXPECT_EQ(w.tensor(Part::classifier), w.tensor(Part::embedding));
 }
 
 TEST(Checkpoint, LoadsASeparateClassifierAfterTheRopeTables) {
@@ -79,10 +79,10 @@ TEST(Checkpoint, LoadsASeparateClassifierAfterTheRopeTables) {
   const LlamaWeights w = load_checkpoint(write_temp("separate.bin", bytes));
   EXPECT_FALSE(w.config.shared_classifier);
   EXPECT_EQ(w.config.vocab_size, 512);
-  EXPECT_NE(w.classifier, w.embedding);
+  EXPECT_NE(w.tensor(Part::classifier), w.tensor(Part::embedding));
   for (std::size_t i = 0; i < classifier.size(); i += 997) {
-    EXPECT_EQ(w.at(w.classifier)[i], classifier[i]) << i;
-    EXPECT_EQ(w.at(w.embedding)[i] * 2.0f, classifier[i]) << i;
+    EXPECT_EQ(w.tensor(Part::classifier)[i], classifier[i]) << i;
+    EXPECT_EQ(w.tensor(Part::embedding)[i] * 2.0f, classifier[i]) << i;
   }
 }
 
