@@ -2,6 +2,7 @@
 // project's gguf::Writer), so a reader bug and a writer bug cannot hide each other.
 #pragma once
 
+#include <cassert>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -19,8 +20,9 @@ class GgufBytes {
     u(0, 8);  // metadata entries, patched by kv_count()
   }
 
-  // Raw writers.
+  // Raw writers: the low `bytes` (at most 8) bytes of x, little-endian.
   GgufBytes& u(std::uint64_t x, int bytes) {
+    assert(bytes >= 1 && bytes <= 8);
     for (int i = 0; i < bytes; ++i) out_ += static_cast<char>((x >> (8 * i)) & 0xFF);
     return *this;
   }

@@ -203,7 +203,7 @@ std::vector<Damage> damaged_files() {
                with([](GgufBytes& g) { g.key("k", 9).u(9, 4).u(1000, 8).u(0, 8); }),
                "metadata k is an array of 1000 array, more than"});
   GgufBytes long_name;
-  long_name.u(5000, 8).u(0, 24);
+  long_name.u(5000, 8).raw(std::string(24, '\0'));
   d.push_back({"tensor name length", long_name.with_counts(1, 0),
                "a tensor name at byte 24 is 5000 bytes long"});
   d.push_back({"data section past end",
