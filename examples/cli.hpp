@@ -22,6 +22,7 @@
 
 #include "flags.hpp"
 #include "gguf_model.hpp"
+#include "machine.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -217,12 +218,7 @@ struct CommonFlags {
   }
 };
 
-/// The machine's memory in bytes (0 if unknown).
-inline double physical_memory_bytes() {
-  const long pages = ::sysconf(_SC_PHYS_PAGES);
-  const long page = ::sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
-}
+using engine::physical_memory_bytes;  // machine.hpp
 
 /// Builds the model for sequences of at most `max_tokens` tokens, turning a bad cache option
 /// into "error: ...". The cache is bounded at the requested C and allocates only the states the

@@ -8,8 +8,6 @@
 // twice its size, a Q8_0 file's 3.8 times) and the step runs at the F32 engine's speed.
 #pragma once
 
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +22,7 @@
 #include "checkpoint.hpp"
 #include "ggml_types.hpp"
 #include "gguf.hpp"
+#include "machine.hpp"
 #include "tokenizer.hpp"
 
 namespace engine {
@@ -210,9 +209,7 @@ inline LlamaWeights gguf_llama_weights(const gguf::File& f, const LlamaConfig& c
     if (!in_place(*l.tensor)) owned += static_cast<std::size_t>(l.tensor->elements);
   }
   // Converted floats beyond the machine's memory would be an out-of-memory kill, not an error.
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
-  const double memory =
-      pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+  const double memory = physical_memory_bytes();
   if (memory > 0 && 4.0 * static_cast<double>(owned) > memory) {
     char what[200];
     std::snprintf(what, sizeof what,
