@@ -298,8 +298,16 @@ int main(int argc, char** argv) {
         return 2;
       }
       csv = argv[++i];
+      if (csv.empty()) {
+        std::fprintf(stderr, "error: --csv: empty file name\n");
+        return 2;
+      }
     } else if (std::strncmp(argv[i], "--csv=", 6) == 0) {
       csv = argv[i] + 6;
+      if (csv.empty()) {
+        std::fprintf(stderr, "error: --csv: empty file name\n");
+        return 2;
+      }
     } else {
       args.push_back(argv[i]);
     }

@@ -167,7 +167,8 @@ int run(int argc, char** argv) {
       settings.threads = threads;
       // Full reserves exactly what it will hold; a bounded policy holds C.
       settings.capacity = full ? position + tokens + 1 : capacity;
-      LlamaModel model(weights, settings);
+      LlamaModel model =
+          cli::starting_threads(threads, [&] { return LlamaModel(weights, settings); });
       restore_state(model, position, full ? position : std::min(capacity, position), rng);
       model.forward(1);  // one untimed step: first touches of the scratch
       std::vector<double> ms;

@@ -195,7 +195,8 @@ int run(int argc, char** argv) {
       cli::fail("--model: unknown model '" + name +
                 "' (expected random110m, stories260K or austen2.5M)");
     }
-    Transformer model(weights, threads);
+    Transformer model =
+        cli::starting_threads(threads, [&] { return Transformer(weights, threads); });
     const double gbps = bench::read_gbps(weights.data.data(), weights.data.size());
     const double weight_bytes = static_cast<double>(weights.data.size() * sizeof(float));
     std::printf("\n%s (%s), %lld-token sequences, KV budget %.3g GiB, %s, %lld threads\n",

@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <variant>
 #include <vector>
 
@@ -119,7 +120,8 @@ struct CommonFlags {
   msrnn::KvType kv_type = msrnn::KvType::f32;  // CacheConfig::kv_type
   bool sinks_given = false;
   bool recent_given = false;
-  bool state_flags_given = false;  // any of --sinks, --recent, --positions, --kv-type
+  bool positions_given = false;
+  bool kv_type_given = false;
 
   /// Takes the flag if it is one of these.
   bool take(std::string_view flag, const std::string& value) {
@@ -135,15 +137,14 @@ struct CommonFlags {
       recent_given = true;
     } else if (flag == "--positions") {
       positions = parse_positions(value);
+      positions_given = true;
     } else if (flag == "--threads") {
       threads = parse_int(flag, value, 1, 1024);
     } else if (flag == "--kv-type") {
       kv_type = parse_kv_type(value);
+      kv_type_given = true;
     } else {
       return false;
-    }
-    if (flag != "--model" && flag != "--tokenizer" && flag != "--threads") {
-      state_flags_given = true;
     }
     return true;
   }
@@ -220,11 +221,52 @@ struct CommonFlags {
 
 using engine::physical_memory_bytes;  // machine.hpp
 
-/// Builds the model for sequences of at most `max_tokens` tokens, turning a bad cache option
-/// into "error: ...". The cache is bounded at the requested C and allocates only the states the
-/// run can hold (CacheConfig::max_tokens), which is checked against the machine's memory first.
-inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings,
-                             Index max_tokens) {
+/// Runs `start`, which starts `threads` threads (a cache's workers, a model's pool): a thread the
+/// system refuses (std::system_error: a process limit, no memory for its stack) becomes one
+/// error that says so and what to do.
+template <class Start>
+auto starting_threads(Index threads, Start&& start) -> decltype(start()) {
+  try {
+    return start();
+  } catch (const std::system_error& e) {
+    fail("cannot start the threads of --threads " + std::to_string(threads) + " (" +
+         e.code().message() + "): lower --threads (--threads 1 starts none)");
+  }
+}
+
+/// Bytes of the forward pass's scratch for `tokens` tokens at once: the Transformer's rows (the
+/// residual stream, q k v, the attention output, the feed-forward's two hidden rows, the logits)
+/// and LlamaModel's copy of the logits.
+inline double forward_bytes(const LlamaConfig& c, Index tokens) {
+  const double per_token =
+      4.0 * static_cast<double>(4 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim + 2 * c.vocab_size);
+  return per_token * static_cast<double>(tokens);
+}
+
+/// Bytes of a model's weights as float32 (what it takes to hold them, whatever the file's type).
+inline double weight_bytes(const LlamaConfig& c) {
+  const double dim = static_cast<double>(c.dim), layers = static_cast<double>(c.n_layers);
+  const double per_layer = 2.0 * dim * dim + 2.0 * dim * static_cast<double>(c.kv_dim()) +
+                           3.0 * dim * static_cast<double>(c.hidden_dim) + 2.0 * dim;
+  const double vocab = static_cast<double>(c.vocab_size) * dim;
+  return 4.0 * (layers * per_layer + vocab * (c.shared_classifier ? 1.0 : 2.0) + dim);
+}
+
+/// The most tokens one forward pass takes (at least 1): as many as keep its scratch within the
+/// model's own size, between 16 and 256 MiB. A longer chunk is fed in pieces of it, so neither a
+/// declared context nor a vocabulary can make a small file take the machine's memory, and a
+/// real model's pass stays large enough to read each weight once for hundreds of tokens.
+inline Index forward_piece(const LlamaConfig& c) {
+  const double budget = std::clamp(weight_bytes(c), 16.0 * 1048576.0, 256.0 * 1048576.0);
+  return std::max<Index>(1, static_cast<Index>(budget / forward_bytes(c, 1)));
+}
+
+/// Builds the model for sequences of at most `max_tokens` tokens fed `piece` at a time, turning a
+/// bad cache option into "error: ...". The cache is bounded at the requested C and allocates only
+/// the states the run can hold (CacheConfig::max_tokens); that and the forward pass's scratch are
+/// checked against the machine's memory first, the refusal naming the flags to lower (`lower`).
+inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings, Index max_tokens,
+                             Index piece = 1, const char* lower = "--capacity or --steps") {
   const std::string name = settings.policy.name;
   settings.max_tokens = max_tokens;
   const msrnn::CacheConfig config = cache_config(weights.config, settings);
@@ -236,16 +278,19 @@ inline LlamaModel make_model(const LlamaWeights& weights, CacheSettings settings
       static_cast<double>(msrnn::kv_state_bytes(config, 16)) / 16.0 *
           static_cast<double>(slots + 16) +
       36.0 * static_cast<double>(config.n_layers * config.n_kv_heads) * static_cast<double>(slots);
+  const double pass_bytes = forward_bytes(weights.config, piece);
   const double memory = physical_memory_bytes();
-  if (memory > 0 && kv_bytes > memory) {
-    char what[160];
+  if (memory > 0 && kv_bytes + pass_bytes > memory) {
+    char what[256];
     std::snprintf(what, sizeof(what),
-                  ": a KV state of %lld states needs %.1f GiB, more than this machine's %.1f GiB",
-                  static_cast<long long>(slots), kv_bytes / 1073741824.0, memory / 1073741824.0);
-    fail(name + what + " (lower --capacity or --steps)");
+                  ": a KV state of %lld states (%.1f GiB) and the forward pass of %lld tokens "
+                  "(%.1f GiB) need more than this machine's %.1f GiB",
+                  static_cast<long long>(slots), kv_bytes / 1073741824.0,
+                  static_cast<long long>(piece), pass_bytes / 1073741824.0, memory / 1073741824.0);
+    fail(name + what + " (lower " + lower + ")");
   }
   try {
-    return LlamaModel(weights, settings);
+    return starting_threads(settings.threads, [&] { return LlamaModel(weights, settings); });
   } catch (const std::invalid_argument& e) {
     std::string what = e.what();
     if (what.rfind("msrnn: ", 0) == 0) what = what.substr(7);

@@ -59,6 +59,12 @@ int run(int argc, char** argv) {
     cli::fail("expected CHECKPOINT TOKENIZER OUT.gguf, got " + std::to_string(paths.size()) +
               " paths (see --help)");
   }
+  const char* const names[] = {"CHECKPOINT", "TOKENIZER", "OUT.gguf"};
+  for (int i = 0; i < 3; ++i) {
+    if (paths[static_cast<std::size_t>(i)].empty()) {
+      cli::fail(std::string(names[i]) + ": empty file name");
+    }
+  }
   try {
     check_output_path("OUT.gguf", paths[2], {{"CHECKPOINT", paths[0]}, {"TOKENIZER", paths[1]}});
   } catch (const FileError& e) {
@@ -74,14 +80,17 @@ int run(int argc, char** argv) {
     if (!write_llama_gguf(out.file(), weights, tokenizer, type, name)) {
       cli::fail(paths[2] + ": cannot write");
     }
+    // The report before the rename: a status of 2 (stdout lost, the file not moved) always
+    // means that OUT was not replaced.
+    std::printf("wrote %s: %s, %s\n", paths[2].c_str(), detail::describe(weights.config).c_str(),
+                type == ExportType::f32   ? "f32"
+                : type == ExportType::f16 ? "f16"
+                                          : "q8_0");
+    cli::check_stdout();
     out.commit();
   } catch (const FileError& e) {
     cli::fail(e.what());
   }
-  std::printf("wrote %s: %s, %s\n", paths[2].c_str(), detail::describe(weights.config).c_str(),
-              type == ExportType::f32   ? "f32"
-              : type == ExportType::f16 ? "f16"
-                                        : "q8_0");
   return 0;
 }
 

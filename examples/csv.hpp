@@ -43,6 +43,8 @@ class CsvWriter {
 
   /// Renames the finished file into place (AtomicOutput::commit).
   void commit() { out_.commit(); }
+  /// The file (to commit with others: commit_all).
+  AtomicOutput& output() { return out_; }
 
   std::size_t columns() const { return columns_; }
 

@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include "temp_files.hpp"
+
 namespace engine::cli {
 
 /// What `fail` throws: `guarded_main` prints it as "error: <message>" and returns status 2.
@@ -29,9 +31,28 @@ struct Failure : std::runtime_error {
 /// Ends the tool with "error: <message>" and status 2 (through `guarded_main`).
 [[noreturn]] inline void fail(const std::string& message) { throw Failure(message); }
 
+/// `message` as one line: control characters (a newline or escape sequence in a path or in a
+/// string no file escaped) written as \xNN. Strings from files are escaped where they are put in
+/// a message (msrnn::printable); this keeps every message one line whatever reaches it.
+inline std::string one_line(const std::string& message) {
+  std::string out;
+  for (char c : message) {
+    const auto b = static_cast<unsigned char>(c);
+    if (b < 0x20 || b == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[b >> 4];
+      out += kHex[b & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 /// Prints "warning: <message>" on stderr; the run goes on.
 inline void warn(const std::string& message) {
-  std::fprintf(stderr, "warning: %s\n", message.c_str());
+  std::fprintf(stderr, "warning: %s\n", one_line(message).c_str());
 }
 
 /// Flushes stdout and fails ("error: stdout: ...") if anything written to it was lost: a full
@@ -119,8 +140,18 @@ inline std::string usage_text(std::string usage) {
   return usage;
 }
 
+/// True for the flags whose value names a file (their empty value is an "empty file name").
+inline bool names_a_file(std::string_view flag) {
+  for (std::string_view f : {"--model", "--tokenizer", "--text", "--csv", "--plot", "--per-token",
+                             "--trace", "--save-state", "--load-state", "--prompts"}) {
+    if (flag == f) return true;
+  }
+  return false;
+}
+
 /// Walks "--flag value" and "--flag=value" pairs: --help prints `usage` (usage_text) and exits 0;
-/// a flag without a value, or one that `take(flag, value)` does not know (returns false), is an
+/// a flag without a value, with an empty one but --prompt's (an unset shell variable must not
+/// silently mean "not given"), or one that `take(flag, value)` does not know (returns false), is an
 /// error. The `switches` take no value (`take` gets an empty one): "--stream", not "--stream=1".
 template <class Take>
 void parse_flags(int argc, char** argv, const char* usage,
@@ -147,6 +178,12 @@ void parse_flags(int argc, char** argv, const char* usage,
       if (i + 1 >= argc) fail(std::string(flag) + " needs a value (see --help)");
       value = argv[++i];
     }
+    // (--prompt "" is the empty text, from BOS: a text like any other, as an empty line of a
+    // --prompts file is)
+    if (!is_switch && value.empty() && flag != "--prompt") {
+      fail(std::string(flag) + (names_a_file(flag) ? ": empty file name" : ": empty value") +
+           " (omit the flag for its default)");
+    }
     if (!take(flag, value)) fail("unknown flag '" + std::string(flag) + "' (see --help)");
   }
 }
@@ -160,8 +197,9 @@ void parse_flags(int argc, char** argv, const char* usage, Take&& take) {
 /// "error: ..." on stderr and status 2. A body that returns 0 has its stdout checked first.
 template <class F>
 int guarded_main(F&& body) {
+  remove_temporary_files_on_signals();
   auto report = [](const char* message) {
-    std::fprintf(stderr, "error: %s\n", message);
+    std::fprintf(stderr, "error: %s\n", one_line(message).c_str());
     return 2;
   };
   try {

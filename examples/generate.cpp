@@ -107,6 +107,46 @@ std::size_t max_state_bytes() {
   return memory > 0 ? static_cast<std::size_t>(memory) : std::numeric_limits<std::size_t>::max();
 }
 
+// The cache of a saved sequence (--load-state) and where it stands, errors as "error: ...".
+msrnn::AnyCache resume_cache(const std::string& path, const LlamaWeights& weights, Index threads,
+                             SessionState& at) {
+  CacheSettings shape;  // only the model's shape is compared; the state sets the rest
+  shape.policy.name = msrnn::Full::kName;
+  try {
+    return cli::starting_threads(threads, [&] {
+      return load_session(path, weights, cache_config(weights.config, shape), threads,
+                          max_state_bytes(), at);
+    });
+  } catch (const FileError& e) {
+    cli::fail(e.what());
+  }
+}
+
+// The cache flags given with --load-state ("--policy, --capacity"), which the state overrides.
+std::string ignored_state_flags(bool policy_given, bool capacity_given,
+                                const cli::CommonFlags& common) {
+  std::string names;
+  auto add = [&](bool given, const char* flag) {
+    if (given) names += (names.empty() ? "" : ", ") + std::string(flag);
+  };
+  add(policy_given, "--policy");
+  add(capacity_given, "--capacity");
+  add(common.sinks_given, "--sinks");
+  add(common.recent_given, "--recent");
+  add(common.positions_given, "--positions");
+  add(common.kv_type_given, "--kv-type");
+  return names;
+}
+
+// "tova, capacity 64, f32, absolute positions": what a cache is, for messages.
+std::string describe_cache(const msrnn::AnyCache& cache) {
+  std::string text = msrnn::policy_name(cache.policy());
+  if (cache.capacity() != msrnn::kUnbounded)
+    text += ", capacity " + std::to_string(cache.capacity());
+  return text + ", " + msrnn::to_string(cache.config().kv_type) + ", " +
+         msrnn::to_string(cache.config().positions) + " positions";
+}
+
 // --prompts: every line a sequence, decoded with continuous batching; JSON lines in prompt order.
 int generate_prompts(const std::string& path, cli::CommonFlags& common, const std::string& policy,
                      long long capacity, long long steps, long long seed, double temperature,
@@ -133,18 +173,32 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
                  steps, static_cast<long long>(weights.config.seq_len));
     steps = weights.config.seq_len;
   }
+  const double memory = cli::physical_memory_bytes();
   if (budget == 0) {
-    const double memory = cli::physical_memory_bytes();
     budget = memory > 0 ? static_cast<std::size_t>(memory / 2) : std::size_t{1} << 32;
+  }
+  // The forward pass holds a row of activations and logits per sequence of the batch.
+  const double pass = cli::forward_bytes(weights.config, batch);
+  if (memory > 0 && pass > memory / 2) {
+    cli::fail("--batch " + std::to_string(batch) + ": the forward pass of " +
+              std::to_string(batch) + " sequences needs " + std::to_string(pass / 1073741824.0) +
+              " GiB, more than half this machine's memory (lower --batch)");
   }
   const std::uint64_t base_seed =
       seed != 0
           ? static_cast<std::uint64_t>(seed)
           : static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   std::vector<Request> requests;
+  std::size_t cut = 0;  // prompts longer than --steps: read in part, nothing generated
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     Request r;
     r.prompt = tokenizer.encode(prompts[i], /*bos=*/true);
+    if (static_cast<long long>(r.prompt.size()) > steps) {
+      cli::warn("prompt " + std::to_string(i) + " has " + std::to_string(r.prompt.size()) +
+                " tokens (BOS included), more than --steps " + std::to_string(steps) +
+                ": only its first " + std::to_string(steps) + " are read and nothing is generated");
+      ++cut;
+    }
     r.end_token = tokenizer.eos();
     r.max_tokens = steps;
     r.temperature = static_cast<float>(temperature);
@@ -207,7 +261,8 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
       fed[i] = {};
     };
   }
-  Transformer model(weights, common.threads);
+  Transformer model =
+      cli::starting_threads(common.threads, [&] { return Transformer(weights, common.threads); });
   BatchResult result;
   // A decode_batch that fails has freed the caches of the sequences still running: their traces
   // must not touch them as they go.
@@ -251,11 +306,16 @@ int generate_prompts(const std::string& path, cli::CommonFlags& common, const st
                static_cast<long long>(s.sequences), static_cast<long long>(s.tokens), s.seconds,
                s.tokens_per_second(), static_cast<long long>(s.peak_batch), batch, per_sequence,
                s.peak_kv_bytes, budget, policy.c_str());
+  if (cut > 0) {
+    std::fprintf(stderr, "%zu of %zu prompts were longer than --steps %lld: nothing generated\n",
+                 cut, prompts.size(), steps);
+  }
   return 0;
 }
 
 int run(int argc, char** argv) {
   std::string prompt, save_path, load_path, prompts_path, trace_path;
+  bool prompt_given = false;  // (--prompt '' is the empty text: given)
   long long batch = 8;
   bool batch_given = false;
   std::size_t budget = 0;                          // 0: half the machine's memory
@@ -266,9 +326,10 @@ int run(int argc, char** argv) {
   cli::CommonFlags common;
   cli::parse_flags(argc, argv, kUsage, [&](std::string_view flag, const std::string& value) {
     if (common.take(flag, value)) return true;
-    if (flag == "--prompt")
+    if (flag == "--prompt") {
       prompt = value;
-    else if (flag == "--steps")
+      prompt_given = true;
+    } else if (flag == "--steps")
       steps = cli::parse_int(flag, value, 1);
     else if (flag == "--temperature") {
       temperature = cli::parse_real(flag, value, 0.0, 100.0);
@@ -303,7 +364,7 @@ int run(int argc, char** argv) {
     return true;
   });
   if (!prompts_path.empty()) {
-    if (!prompt.empty()) cli::fail("--prompt and --prompts: give one or the other");
+    if (prompt_given) cli::fail("--prompt and --prompts: give one or the other");
     if (!save_path.empty() || !load_path.empty()) {
       cli::fail("--save-state and --load-state take one sequence, not --prompts");
     }
@@ -315,12 +376,7 @@ int run(int argc, char** argv) {
   if (batch_given || budget > 0) cli::warn("--batch and --kv-budget are for --prompts; ignored");
   const bool resume = !load_path.empty();
   if (resume) {
-    if (policy_given || capacity_given || common.state_flags_given) {
-      cli::warn(
-          "--load-state: the state's policy, capacity, precision and positions are used; "
-          "the flags that set them are ignored");
-    }
-    if (!prompt.empty()) cli::fail("--prompt and --load-state: a resumed sequence has its text");
+    if (prompt_given) cli::fail("--prompt and --load-state: a resumed sequence has its text");
     if (seed_given) cli::warn("--seed is ignored with --load-state: the state's sampler goes on");
   } else {
     common.warn_unused({policy}, capacity_given);
@@ -330,19 +386,23 @@ int run(int argc, char** argv) {
   const LlamaWeights& weights = files.weights;
   const Tokenizer& tokenizer = files.tokenizer;
 
-  // Where the loop starts: a new sequence's BOS and prompt, or a saved one's state.
+  // Where the loop starts: a new sequence's BOS and prompt, or a saved one's state. A resumed
+  // sequence's cache is the state's: the flags that would set it are not looked at (only named).
   SessionState at;
-  LlamaModel model =
-      cli::make_model(weights, common.settings(policy, capacity), resume ? 1 : steps);
+  std::optional<LlamaModel> loaded;
   if (resume) {
-    try {
-      model.cache() = load_session(load_path, weights,
-                                   cache_config(weights.config, common.settings(policy, capacity)),
-                                   common.threads, max_state_bytes(), at);
-    } catch (const FileError& e) {
-      cli::fail(e.what());
+    loaded.emplace(weights, resume_cache(load_path, weights, common.threads, at));
+    const std::string ignored = ignored_state_flags(policy_given, capacity_given, common);
+    if (!ignored.empty()) {
+      cli::warn("--load-state: " + ignored + " ignored: the state sets its own cache (" +
+                describe_cache(loaded->cache()) + ")");
     }
-    policy = msrnn::policy_name(model.cache().policy());
+    if (steps > msrnn::kMaxPosition - at.position) {
+      cli::fail(load_path + ": the sequence is at position " + std::to_string(at.position) +
+                "; --steps " + std::to_string(steps) + " would take it past kMaxPosition (" +
+                std::to_string(msrnn::kMaxPosition) + ")");
+    }
+    policy = msrnn::policy_name(loaded->cache().policy());
     if (sampler_given) {
       at.temperature = static_cast<float>(temperature);
       at.topp = static_cast<float>(topp);
@@ -362,6 +422,7 @@ int run(int argc, char** argv) {
                              : static_cast<std::uint64_t>(
                                    std::chrono::steady_clock::now().time_since_epoch().count());
   }
+  // Full stops at the model's context: capped before its cache is sized by --steps.
   const bool bounded = msrnn::policy_evicts(policy);
   const long long limit = weights.config.seq_len - at.position;
   if (!bounded && steps > limit) {
@@ -371,11 +432,15 @@ int run(int argc, char** argv) {
                  steps, static_cast<long long>(weights.config.seq_len));
     steps = std::max(0LL, limit);
   }
+  LlamaModel model = resume ? std::move(*loaded)
+                            : cli::make_model(weights, common.settings(policy, capacity), steps);
+  loaded.reset();
   Sampler sampler(at.temperature, at.topp, at.rng_state);
-  // --trace: the tokens by position (those before a --load-state unknown, -1).
+  // --trace: the tokens fed by this run, from position at.position on (those before a
+  // --load-state are unknown): memory that grows with this run, not with the saved position.
   std::optional<TraceFile> trace_file;
   std::optional<SequenceTrace> trace;
-  std::vector<int> fed(static_cast<std::size_t>(at.position), -1);
+  std::vector<int> fed;
   if (!trace_path.empty()) {
     trace_file.emplace(trace_path);
     const msrnn::CacheConfig& c = model.cache().config();
@@ -398,7 +463,7 @@ int run(int argc, char** argv) {
     const RowVector& logits = model.forward(token);
     if (trace) {
       fed.push_back(token);
-      trace->write(fed);
+      trace->write(fed, at.position);
     }
     const int next =
         forced < at.pending_prompt.size() ? at.pending_prompt[forced++] : sampler.sample(logits);
@@ -412,30 +477,26 @@ int run(int argc, char** argv) {
   }
   std::printf("\n");
   cli::check_stdout();
-  if (trace) {
-    trace->finish(fed);
-    try {
-      trace_file->commit();
-    } catch (const FileError& e) {
-      cli::fail(e.what());
-    }
-  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (!save_path.empty()) {
-    SessionState end;
-    end.token = token;
-    end.position = model.cache().tokens_seen(0);
-    end.pending_prompt.assign(at.pending_prompt.begin() + static_cast<std::ptrdiff_t>(forced),
-                              at.pending_prompt.end());
-    end.temperature = at.temperature;
-    end.topp = at.topp;
-    end.rng_state = sampler.random_state();
-    try {
-      save_session(save_path, weights, model.cache(), end);
-    } catch (const FileError& e) {
-      cli::fail(e.what());
+  if (trace) trace->finish(fed, at.position);
+  std::optional<AtomicOutput> saved;  // the state and the trace replace their files together
+  try {
+    if (!save_path.empty()) {
+      SessionState end;
+      end.token = token;
+      end.position = model.cache().tokens_seen(0);
+      end.pending_prompt.assign(at.pending_prompt.begin() + static_cast<std::ptrdiff_t>(forced),
+                                at.pending_prompt.end());
+      end.temperature = at.temperature;
+      end.topp = at.topp;
+      end.rng_state = sampler.random_state();
+      saved.emplace(save_path);
+      write_session(*saved, weights, model.cache(), end);
     }
+    commit_all({trace_file ? &trace_file->output() : nullptr, saved ? &*saved : nullptr});
+  } catch (const FileError& e) {
+    cli::fail(e.what());
   }
   std::fprintf(stderr, "achieved tok/s: %.1f (%lld tokens, policy %s",
                static_cast<double>(generated) / seconds, generated, policy.c_str());

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <msrnn/byte_io.hpp>  // printable
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -450,7 +451,7 @@ class File {
       }
       for (std::uint64_t i = 0; i < n_kv; ++i) {
         const std::string_view key = string("a metadata key");
-        const std::string k(key);
+        const std::string k = msrnn::printable(key);  // for messages
         if (f.keys_.count(key)) fail("metadata " + k + " appears twice");
         const auto type = static_cast<std::uint32_t>(uint(4, "a value type"));
         f.metadata_.emplace_back(key, value(type, 0, k));
@@ -473,7 +474,7 @@ class File {
       for (std::uint64_t i = 0; i < n_tensors; ++i) {
         Tensor t;
         t.name = string("a tensor name");
-        const std::string tn(t.name);
+        const std::string tn = msrnn::printable(t.name);  // for messages
         if (f.tensor_index_.count(t.name)) fail("tensor " + tn + " appears twice");
         const std::uint64_t n_dims = uint(4, "a tensor's dimension count");
         if (n_dims < 1 || n_dims > kMaxDims) {
@@ -521,7 +522,7 @@ class File {
       by_offset.reserve(f.tensors_.size());
       for (Tensor& t : f.tensors_) {
         if (t.offset > data_bytes || t.bytes > data_bytes - t.offset) {
-          fail("tensor " + std::string(t.name) + " (" + t.type->name + " " + t.shape() + ", " +
+          fail("tensor " + msrnn::printable(t.name) + " (" + t.type->name + " " + t.shape() + ", " +
                std::to_string(t.bytes) + " bytes at offset " + std::to_string(t.offset) +
                ") ends past the data section's " + std::to_string(data_bytes) +
                " bytes: truncated");
@@ -535,7 +536,8 @@ class File {
         const Tensor& a = *by_offset[i - 1];
         const Tensor& b = *by_offset[i];
         if (a.offset + a.bytes > b.offset) {
-          fail("tensors " + std::string(a.name) + " and " + std::string(b.name) + " overlap");
+          fail("tensors " + msrnn::printable(a.name) + " and " + msrnn::printable(b.name) +
+               " overlap");
         }
       }
     }

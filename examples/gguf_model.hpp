@@ -67,7 +67,8 @@ inline std::vector<GgufTensorName> llama_tensor_names(const LlamaConfig& c) {
 inline LlamaConfig gguf_llama_config(const gguf::File& f) {
   const std::string arch(f.string("general.architecture"));
   if (arch != "llama") {
-    f.fail("architecture '" + arch + "' is not supported (the example engine runs llama)");
+    f.fail("architecture '" + msrnn::printable(arch) +
+           "' is not supported (the example engine runs llama)");
   }
   const std::uint64_t big = std::uint64_t{1} << 31;
   auto key = [](const char* k) { return std::string("llama.") + k; };
@@ -127,7 +128,8 @@ inline LlamaConfig gguf_llama_config(const gguf::File& f) {
   }
   const std::string scaling(f.string(key("rope.scaling.type"), "none"));
   if (scaling != "none") {
-    f.fail("llama.rope.scaling.type = '" + scaling + "': RoPE scaling is not supported");
+    f.fail("llama.rope.scaling.type = '" + msrnn::printable(scaling) +
+           "': RoPE scaling is not supported");
   }
   if (f.find(key("rope.scale_linear")) && f.number(key("rope.scale_linear")) != 1.0) {
     f.fail("llama.rope.scale_linear is set: RoPE scaling is not supported");
@@ -193,7 +195,7 @@ inline LlamaWeights gguf_llama_weights(const gguf::File& f, const LlamaConfig& c
   }
   for (std::size_t i = 0; i < used.size(); ++i) {
     if (!used[i]) {
-      f.fail("tensor " + std::string(f.tensors()[i].name) + " " + f.tensors()[i].shape() +
+      f.fail("tensor " + msrnn::printable(f.tensors()[i].name) + " " + f.tensors()[i].shape() +
              " is not one of a llama model's (" + std::to_string(c.n_layers) +
              " blocks): not supported");
     }
@@ -252,7 +254,7 @@ inline LlamaWeights gguf_llama_weights(const gguf::File& f, const LlamaConfig& c
 inline Tokenizer gguf_tokenizer(const gguf::File& f, Index vocab_size) {
   const std::string model(f.string("tokenizer.ggml.model"));
   if (model != "llama") {
-    f.fail("tokenizer.ggml.model = '" + model +
+    f.fail("tokenizer.ggml.model = '" + msrnn::printable(model) +
            "' is not supported (the engine encodes with llama's SentencePiece BPE)");
   }
   const gguf::Value* tokens = f.array("tokenizer.ggml.tokens", gguf::ValueType::string);

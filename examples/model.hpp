@@ -311,6 +311,9 @@ class LlamaModel {
   LlamaModel(const LlamaWeights& weights, const CacheSettings& settings)
       : transformer_(weights),
         cache_(cache_config(weights.config, settings), msrnn::make_policy(settings.policy)) {}
+  /// The model over a cache made elsewhere (a loaded state), of the model's shape.
+  LlamaModel(const LlamaWeights& weights, msrnn::AnyCache cache)
+      : transformer_(weights), cache_(std::move(cache)) {}
 
   const LlamaConfig& config() const { return transformer_.config(); }
   const msrnn::AnyCache& cache() const { return cache_; }

@@ -242,6 +242,7 @@ struct Sequences {
   Index chunk_len = 0;
   Index n_chunks = 0;
   Index full_limit = 0;  // --stream: the tokens full reads at most, BOS included
+  Index piece = 1;       // tokens per forward pass: a chunk whole when its scratch fits (below)
 
   Index count() const { return whole ? 1 : n_chunks; }
   // Sequence c of a run of `policy`: BOS, then its part of the text. A bounded policy's stream
@@ -302,6 +303,9 @@ struct Records {
 // Tokens per forward pass along a stream: one piece's logits are all it holds.
 constexpr Index kStreamPiece = 512;
 
+// What a run too large for the machine should lower (make_model's refusal).
+constexpr const char* kLower = "--chunk or --capacity, or leave full out";
+
 // The mean loss of one policy and capacity over its sequences, and their records.
 Row evaluate(LlamaModel& model, const Run& run, const Sequences& sequences, Records& records,
              std::size_t index, std::size_t runs) {
@@ -322,9 +326,10 @@ Row evaluate(LlamaModel& model, const Run& run, const Sequences& sequences, Reco
     const auto n = static_cast<Index>(tokens.size());
     std::optional<SequenceTrace> trace;
     if (records.trace) trace.emplace(*records.trace, label, c, model.cache());
-    // A chunk goes in one forward pass (as it always has); a stream in pieces.
+    // A chunk goes in one forward pass (as it always has) unless its scratch would pass the
+    // piece limit (a model declaring a huge context or vocabulary); a stream in pieces.
     sequence_losses(
-        model, tokens, sequences.whole ? kStreamPiece : std::max<Index>(n, 1),
+        model, tokens, sequences.piece,
         [&](Index t, double loss) {
           if (records.per_token) {
             records.per_token->row(label, count, tokens[static_cast<std::size_t>(t + 1)], loss);
@@ -425,13 +430,15 @@ int run(int argc, char** argv) {
     sequences.n_chunks = chunk_count(static_cast<Index>(stream.size()), sequences.chunk_len);
     if (o.chunks > 0) sequences.n_chunks = std::min<Index>(sequences.n_chunks, o.chunks);
   }
+  sequences.piece = std::min(sequences.whole ? kStreamPiece : sequences.chunk_len,
+                             cli::forward_piece(weights.config));
 
   const std::vector<Run> runs = plan_runs(o, sequences);
   // Every model first, so that a bad option fails before any work. A sequence never holds more
   // than its tokens: no cache needs more states than that.
   for (const Run& r : runs) {
     cli::make_model(weights, o.common.settings(r.policy, r.capacity, r.kv_type),
-                    sequences.longest(r.policy));
+                    sequences.longest(r.policy), sequences.piece, kLower);
   }
 
   Records records;
@@ -443,7 +450,7 @@ int run(int argc, char** argv) {
   for (std::size_t r = 0; r < runs.size(); ++r) {
     LlamaModel model = cli::make_model(
         weights, o.common.settings(runs[r].policy, runs[r].capacity, runs[r].kv_type),
-        sequences.longest(runs[r].policy));
+        sequences.longest(runs[r].policy), sequences.piece, kLower);
     rows.push_back(evaluate(model, runs[r], sequences, records, r, runs.size()));
     std::printf("%-9s %9lld %9lld %10.4f %10.3f %7s\n", rows.back().policy.c_str(),
                 static_cast<long long>(rows.back().capacity),
@@ -467,12 +474,14 @@ int run(int argc, char** argv) {
              (o.stream ? std::string(", one stream")
                        : ", chunk " + std::to_string(sequences.chunk_len)));
   }
-  // The records first: the largest, so the likeliest to fail (a full disk) before a table
-  // has replaced its predecessor.
-  if (records.trace) records.trace->commit();
-  if (records.per_token) records.per_token->commit();
-  if (csv) csv->commit();
-  if (image) image->commit();
+  // All finished before any replaces what was there: a full disk replaces none of them.
+  try {
+    commit_all({records.trace ? &records.trace->output() : nullptr,
+                records.per_token ? &records.per_token->output() : nullptr,
+                csv ? &csv->output() : nullptr, image ? &*image : nullptr});
+  } catch (const FileError& e) {
+    cli::fail(e.what());
+  }
   return 0;
 }
 

@@ -51,9 +51,11 @@ class RowBuffer {
     text_.push_back('\n');
     if (text_.size() >= kBlock) flush();
   }
-  void commit() {
+  void commit() { output().commit(); }
+  /// The file, every row written to it (commit_all).
+  AtomicOutput& output() {
     flush();
-    out_.commit();
+    return out_;
   }
 
  private:
@@ -116,6 +118,8 @@ class TraceFile {
 
   /// Renames the finished file into place (AtomicOutput::commit).
   void commit() { rows_.commit(); }
+  /// The file, every row written to it (to commit with others: commit_all).
+  AtomicOutput& output() { return rows_.output(); }
 
  private:
   detail::RowBuffer rows_;
@@ -144,23 +148,24 @@ class SequenceTrace {
   /// Forgets the cache without touching it: it is gone (a run that failed and freed it).
   void abandon() noexcept { cache_ = nullptr; }
 
-  /// Writes the evictions so far; tokens[p] is the token at position p (-1: unknown), for every
-  /// position fed.
-  void write(const std::vector<int>& tokens) {
+  /// Writes the evictions so far; tokens[i] is the token at position first + i, for every
+  /// position fed from `first` on; those before `first` are unknown (a resumed sequence's).
+  void write(const std::vector<int>& tokens, Index first = 0) {
     for (const msrnn::Eviction& e : pending_) {
-      file_->row(label_, e.layer, e.kv_head, e.position, token_at(tokens, e.position), e.step);
+      file_->row(label_, e.layer, e.kv_head, e.position, token_at(tokens, first, e.position),
+                 e.step);
     }
     pending_.clear();
   }
 
   /// The sequence ended: its evictions, then the states its cache still keeps; stops observing.
-  void finish(const std::vector<int>& tokens) {
-    write(tokens);
+  void finish(const std::vector<int>& tokens, Index first = 0) {
+    write(tokens, first);
     const msrnn::CacheConfig& c = cache_->config();
     for (Index l = 0; l < c.n_layers; ++l) {
       for (Index g = 0; g < c.n_kv_heads; ++g) {
         for (Index p : cache_->kept_positions(l, g)) {
-          file_->row(label_, l, g, p, token_at(tokens, p), -1);
+          file_->row(label_, l, g, p, token_at(tokens, first, p), -1);
         }
       }
     }
@@ -169,11 +174,12 @@ class SequenceTrace {
   }
 
  private:
-  static int token_at(const std::vector<int>& tokens, Index position) {
-    if (position < 0 || position >= static_cast<Index>(tokens.size())) {
+  static int token_at(const std::vector<int>& tokens, Index first, Index position) {
+    if (position < first) return -1;
+    if (position - first >= static_cast<Index>(tokens.size())) {
       throw std::logic_error("trace: no token known at position " + std::to_string(position));
     }
-    return tokens[static_cast<std::size_t>(position)];
+    return tokens[static_cast<std::size_t>(position - first)];
   }
 
   TraceFile* file_;
@@ -211,6 +217,8 @@ class PerTokenFile {
   }
 
   void commit() { rows_.commit(); }
+  /// The file, every row written to it (to commit with others: commit_all).
+  AtomicOutput& output() { return rows_.output(); }
 
  private:
   detail::RowBuffer rows_;

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 #include <msrnn/msrnn.hpp>
+#include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -89,8 +91,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   msrnn::StateLoadOptions options;
   options.max_bytes = std::size_t{64} << 20;
   try {
+    // The stream path reads the header first and the payload as it arrives: it accepts what the
+    // bytes path accepts (and leaves what follows a state unread), with the same state.
+    std::istringstream stream(bytes);
+    std::optional<msrnn::AnyCache> streamed;
+    try {
+      streamed.emplace(msrnn::load_state(stream, options));
+    } catch (const std::invalid_argument&) {
+    }
     msrnn::AnyCache cache = msrnn::load_state(bytes, options);
     const std::string again = msrnn::save_state(cache);
+    if (!streamed || msrnn::save_state(*streamed) != again) __builtin_trap();
     if (msrnn::save_state(msrnn::load_state(again, options)) != again) __builtin_trap();
     step_all(cache, in, 3);
     // The chunk path and append, which rely on the slot layout, too.

@@ -16,7 +16,7 @@ cmake --build "$build" -j "$(nproc)"
 mkdir -p "$build/findings"
 models="${MSRNN_MODEL_DIR:-$root/../shared/models}"
 status=0
-for target in checkpoint tokenizer encode cache_step state gguf; do
+for target in checkpoint tokenizer encode cache_step state session gguf; do
   corpus="$build/corpus/$target"
   mkdir -p "$corpus"
   # Seeds: the real files, where the target reads such files.

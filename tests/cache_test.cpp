@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "msrnn/state_file.hpp"
 #include "test_util.hpp"
 
 namespace msrnn {
@@ -188,9 +189,10 @@ TEST(MultiStateCache, AppendRejectsPositionsAndSeenPastTheLimit) {
   EXPECT_EQ(cache.size(0), 1);
 }
 
-// The last position below the limit is accepted and the steps after it count on without
-// overflowing (ASan + UBSan build: no report), whatever the policy and position mode.
-TEST(MultiStateCache, APositionJustBelowTheLimitIsAcceptedAndSteppedPast) {
+// The last position below the limit is accepted and stepped to; the step that would pass it is
+// refused (the message the state loader gives) and changes nothing, in the token and the chunk
+// path, whatever the policy and position mode; what the cache holds at the limit saves and loads.
+TEST(MultiStateCache, StepsReachTheLimitAndTheStepPastItIsRefused) {
   for (std::string_view kind : kPolicyNames) {
     for (int mode = 0; mode < 3; ++mode) {  // host positions, absolute, in_cache
       for (bool normalize : {false, true}) {
@@ -205,20 +207,37 @@ TEST(MultiStateCache, APositionJustBelowTheLimitIsAcceptedAndSteppedPast) {
         options.normalize = normalize;
         AnyCache cache(config, make_policy(options));
         const RowMatrix kv = random_matrix(2, 16, 5);
-        cache.append(0, kv, kv, {0, kMaxPosition - 1});
-        EXPECT_EQ(cache.tokens_seen(0), kMaxPosition);
+        cache.append(0, kv, kv, {0, kMaxPosition - 5});
+        EXPECT_EQ(cache.tokens_seen(0), kMaxPosition - 4);
         const RowMatrix out = feed(cache, 4, 6);
         EXPECT_TRUE(out.allFinite());
-        EXPECT_EQ(cache.tokens_seen(0), kMaxPosition + 4);
-        EXPECT_EQ(cache.kept_positions(0, 1).back(), kMaxPosition + 3);
-        // The chunk path too: products while there is room, then token by token.
+        EXPECT_EQ(cache.tokens_seen(0), kMaxPosition);
+        EXPECT_EQ(cache.kept_positions(0, 1).back(), kMaxPosition - 1);
+        const std::vector<Index> kept = cache.kept_positions(0, 0);
+        RowMatrix q = random_matrix(4, 8, 1), k = random_matrix(2, 8, 2), step_out(4, 8);
+        const std::string m = invalid_argument_message([&] { cache.step(0, q, k, k, step_out); });
+        EXPECT_TRUE(mentions(m, "tokens_seen = " + std::to_string(kMaxPosition) +
+                                    " + 1: must be at most kMaxPosition"))
+            << m;
+        EXPECT_EQ(cache.tokens_seen(0), kMaxPosition);  // nothing changed
+        EXPECT_EQ(cache.kept_positions(0, 0), kept);
+        const AnyCache loaded = load_state(save_state(cache));
+        EXPECT_EQ(loaded.tokens_seen(0), kMaxPosition);
+        EXPECT_EQ(loaded.kept_positions(0, 0), kept);
+
+        // The chunk path: four tokens fit exactly, a fifth does not (refused before any).
         AnyCache restored(config, make_policy(options));
-        restored.append(0, kv.topRows(1), kv.topRows(1), {kMaxPosition - 1}, kMaxPosition);
-        RowMatrix chunk_out(4, 32);
-        restored.step_chunk(0, random_matrix(4, 32, 7), random_matrix(4, 16, 8),
-                            random_matrix(4, 16, 9), chunk_out);
-        EXPECT_TRUE(chunk_out.allFinite());
-        EXPECT_EQ(restored.tokens_seen(0), kMaxPosition + 4);
+        restored.append(0, kv.topRows(1), kv.topRows(1), {kMaxPosition - 5}, kMaxPosition - 4);
+        RowMatrix chunk_out(5, 32);
+        const RowMatrix chunk_q = random_matrix(5, 32, 7), chunk_k = random_matrix(5, 16, 8);
+        const std::string c = invalid_argument_message(
+            [&] { restored.step_chunk(0, chunk_q, chunk_k, chunk_k, chunk_out); });
+        EXPECT_TRUE(mentions(c, "must be at most kMaxPosition")) << c;
+        EXPECT_EQ(restored.tokens_seen(0), kMaxPosition - 4);
+        restored.step_chunk(0, chunk_q.topRows(4), chunk_k.topRows(4), chunk_k.topRows(4),
+                            chunk_out.topRows(4));
+        EXPECT_TRUE(chunk_out.topRows(4).allFinite());
+        EXPECT_EQ(restored.tokens_seen(0), kMaxPosition);
       }
     }
   }

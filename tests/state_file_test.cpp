@@ -179,9 +179,14 @@ TEST(StateFile, InconsistentStatesAreRefusedByName) {
               poke<std::int64_t>(b, at.held(), 4);
             }).find("more states than the capacity (3)"),
             std::string::npos);
-  EXPECT_NE(
-      edited([&](std::string& b) { poke<std::int64_t>(b, at.seen(), 2); }).find("tokens seen = 2"),
-      std::string::npos);
+  EXPECT_NE(edited([&](std::string& b) {
+              poke<std::int64_t>(b, at.seen(), 2);
+            }).find("tokens_seen = 2: must be at least held"),
+            std::string::npos);
+  EXPECT_NE(edited([&](std::string& b) { poke<std::int64_t>(b, at.seen(), kMaxPosition + 1); })
+                .find("tokens_seen = " + std::to_string(kMaxPosition + 1) +
+                      ": must be at most kMaxPosition"),
+            std::string::npos);
   EXPECT_NE(
       edited([&](std::string& b) { poke<std::int64_t>(b, at.used(), 6); }).find("used slots = 6"),
       std::string::npos);
@@ -225,6 +230,13 @@ TEST(StateFile, InconsistentStatesAreRefusedByName) {
             std::string::npos);
   EXPECT_NE(edited([&](std::string& b) { b[kHeader + 56 + 4] = 'W'; }).find("unknown policy"),
             std::string::npos);
+  // A name from the bytes reaches the message escaped: no line break, no terminal control.
+  const std::string escaped = edited([&](std::string& b) {
+    b[kHeader + 56 + 4] = '\n';
+    b[kHeader + 56 + 5] = '\x1b';
+  });
+  EXPECT_NE(escaped.find("policy = \\n\\x1b"), std::string::npos) << escaped;
+  EXPECT_EQ(escaped.find_first_of("\n\x1b"), std::string::npos) << escaped;
   // A payload longer than its layers.
   std::string longer = bytes + std::string(8, '\0');
   poke<std::uint64_t>(longer, 16, longer.size() - kHeader);
@@ -341,6 +353,22 @@ TEST(StateFile, AStateTooLargeForMaxBytesIsRefusedBeforeItIsBuilt) {
   EXPECT_NE(load_error(bytes, options).find("more than max_bytes (4096)"), std::string::npos);
   options.max_bytes = std::size_t{1} << 30;
   EXPECT_EQ(load_error(bytes, options), "");
+}
+
+// The header is checked first: a payload it announces above max_bytes is refused before a byte
+// of it is read (a stream is left just after the header).
+TEST(StateFile, AnAnnouncedPayloadAboveMaxBytesIsRefusedUnread) {
+  std::string bytes = save_state(stepped("window", 8, 3));
+  poke<std::uint64_t>(bytes, 16, std::uint64_t{1} << 40);
+  StateLoadOptions options;
+  options.max_bytes = std::size_t{1} << 20;
+  std::istringstream stream(bytes);
+  const std::string m = invalid_argument_message([&] { load_state(stream, options); });
+  EXPECT_NE(m.find("announces 1099511627776 payload bytes, more than max_bytes (1048576)"),
+            std::string::npos)
+      << m;
+  EXPECT_EQ(stream.tellg(), 32);
+  EXPECT_NE(load_error(bytes, options).find("more than max_bytes"), std::string::npos);
 }
 
 TEST(StateFile, AMovedFromCacheHasNoStateToSave) {

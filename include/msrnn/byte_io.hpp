@@ -3,6 +3,7 @@
 // a state in files of their own (the example engine's saved sequences).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +40,36 @@ inline std::uint64_t state_checksum(const unsigned char* data, std::size_t size)
   }
   for (; i < size; ++i) h = (h ^ data[i]) * kPrime;
   return h ^ (h >> 32);
+}
+
+/// `text` as it may appear in a one-line message although it came from a file: printable ASCII
+/// kept, a backslash doubled, \n \r \t and every other byte outside 0x20..0x7e written as an
+/// escape (\x1b), so no file can end a message's line or send a terminal a control sequence; cut
+/// after `most` bytes ("...", and the full length).
+inline std::string printable(std::string_view text, std::size_t most = 64) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  const std::size_t shown = std::min(text.size(), most);
+  for (std::size_t i = 0; i < shown; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c > 0x7e) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (shown < text.size()) out += "... (" + std::to_string(text.size()) + " bytes)";
+  return out;
 }
 
 /// Appends fields to a byte string in the machine's (little-endian) order.

@@ -255,13 +255,14 @@ class MultiStateCache {
   ///   k   (n_kv_heads, head_dim)   (1, n_kv_heads * head_dim)
   ///   v   (n_kv_heads, head_dim)   (1, n_kv_heads * head_dim)
   ///   out (n_q_heads, head_dim)    (1, n_q_heads * head_dim)   written: every query head's output
-  /// Throws std::invalid_argument when the layer or a shape is wrong (naming both layouts).
-  /// Otherwise a bounded policy never throws (but for what an eviction observer throws) and never
-  /// allocates, provided q, k and v are row-major with contiguous rows (inner stride 1): an
-  /// Eigen::Ref<const RowMatrix> bound to anything else (a column-major matrix, a strided map, an
-  /// expression such as `a + b`) is a temporary copy. Column-major Eigen arguments are rejected at
-  /// compile time (the deleted overload below). Full allocates (and may throw std::bad_alloc) when
-  /// its storage must grow.
+  /// Throws std::invalid_argument when the layer or a shape is wrong (naming both layouts), or
+  /// when tokens_seen is already kMaxPosition (the token would pass the position limit; nothing
+  /// changes). Otherwise a bounded policy never throws (but for what an eviction observer throws)
+  /// and never allocates, provided q, k and v are row-major with contiguous rows (inner stride 1):
+  /// an Eigen::Ref<const RowMatrix> bound to anything else (a column-major matrix, a strided map,
+  /// an expression such as `a + b`) is a temporary copy. Column-major Eigen arguments are rejected
+  /// at compile time (the deleted overload below). Full allocates (and may throw std::bad_alloc)
+  /// when its storage must grow.
   void step(Index layer, const Eigen::Ref<const RowMatrix>& q, const Eigen::Ref<const RowMatrix>& k,
             const Eigen::Ref<const RowMatrix>& v, Eigen::Ref<RowMatrix> out) {
     check_layer(layer);
@@ -271,6 +272,7 @@ class MultiStateCache {
     check_step_shape("k", k.rows(), k.cols(), nkv);
     check_step_shape("v", v.rows(), v.cols(), nkv);
     check_step_shape("out", out.rows(), out.cols(), nq);
+    check_room(layer, 1);
     const Index d = config_.head_dim;
     // (heads, head_dim) views of either layout: a token row is its heads, one after the other.
     auto heads = [d](auto& m, Index n) {
@@ -300,7 +302,9 @@ class MultiStateCache {
   ///   out (t, n_q_heads * head_dim)  written
   /// While the tokens fit in the free capacity they go through matrix-matrix products (at most
   /// max_chunk at a time); once the cache is full, each token needs its own eviction, so the rest
-  /// goes token by token. Allocates scratch the first time it sees a larger chunk.
+  /// goes token by token. Allocates scratch the first time it sees a larger chunk. Tokens that
+  /// would take tokens_seen past kMaxPosition are refused (std::invalid_argument) before any is
+  /// fed.
   void step_chunk(Index layer, const Eigen::Ref<const RowMatrix>& q,
                   const Eigen::Ref<const RowMatrix>& k, const Eigen::Ref<const RowMatrix>& v,
                   Eigen::Ref<RowMatrix> out) {
@@ -310,6 +314,7 @@ class MultiStateCache {
     check_shape("k", k.rows(), k.cols(), t, config_.n_kv_heads * config_.head_dim);
     check_shape("v", v.rows(), v.cols(), t, config_.n_kv_heads * config_.head_dim);
     check_shape("out", out.rows(), out.cols(), t, config_.n_q_heads * config_.head_dim);
+    check_room(layer, t);
     dispatch([&](auto& p) { chunk(p, layer, q, k, v, out); });
   }
 
@@ -558,6 +563,17 @@ class MultiStateCache {
     if (rows != want_rows || cols != want_cols) {
       detail::throw_invalid(name, detail::shape_string(rows, cols),
                             "expected shape " + detail::shape_string(want_rows, want_cols));
+    }
+  }
+
+  // Refuses t more tokens when they would take tokens_seen past kMaxPosition (a state the loader
+  // would refuse). One comparison on the per-token path; the message is built only on failure.
+  void check_room(Index layer, Index t) const {
+    const Index seen = layers_[static_cast<std::size_t>(layer)].table.seen();
+    if (t > kMaxPosition - seen) {
+      detail::throw_invalid("tokens_seen", std::to_string(seen) + " + " + std::to_string(t),
+                            detail::seen_limit_rule() + " (layer " + std::to_string(layer) +
+                                "; reset the cache to go on)");
     }
   }
 

@@ -10,6 +10,7 @@
 #include <utility>
 #include <variant>
 
+#include "msrnn/byte_io.hpp"  // printable
 #include "msrnn/detail/check.hpp"
 #include "msrnn/policies/full.hpp"
 #include "msrnn/policies/h2o.hpp"
@@ -155,7 +156,8 @@ inline const char* policy_name(const AnyPolicy& policy) noexcept {
 /// Throws std::invalid_argument naming `name` and every policy unless it names one.
 inline void require_policy_name(std::string_view name) {
   if (!detail::with_policy_named(name, [](const auto*) {})) {
-    detail::throw_invalid("policy", std::string(name),
+    // (printable: the name may come from a file, a saved state's)
+    detail::throw_invalid("policy", printable(name),
                           "unknown policy (expected " + policy_list() + ")");
   }
 }

@@ -236,6 +236,16 @@ struct StateAccess {
     return r.get<std::uint64_t>("size");
   }
 
+  // A cache holds at least the bytes of its state's payload (each slot's rows and bookkeeping):
+  // a payload above max_bytes is refused before it is read.
+  static void check_announced(std::uint64_t size, const StateLoadOptions& options) {
+    if (size > options.max_bytes) {
+      throw std::invalid_argument(context() + "the header announces " + std::to_string(size) +
+                                  " payload bytes, more than max_bytes (" +
+                                  std::to_string(options.max_bytes) + ")");
+    }
+  }
+
   static std::uint64_t checksum_in(std::string_view header) {
     std::uint64_t sum = 0;
     std::memcpy(&sum, header.data() + 24, sizeof sum);
@@ -347,7 +357,8 @@ struct StateAccess {
         policy = make_policy(policy_options);
       } else {
         if (policy_options.name != P::kName) {
-          r.fail("policy " + policy_options.name + ": this cache's policy is " + P::kName);
+          r.fail("policy " + printable(policy_options.name) + ": this cache's policy is " +
+                 P::kName);
         }
         policy = P::from_options(policy_options);
       }
@@ -446,9 +457,12 @@ struct StateAccess {
              std::to_string(config.capacity) + ")" + (s.held < 0 ? " or negative" : ""));
     }
     s.seen = r.get<std::int64_t>("seen");
-    if (s.seen < s.held || s.seen > kMaxPosition) {
-      r.fail(at + "tokens seen = " + std::to_string(s.seen) + ": must be in [held (" +
-             std::to_string(s.held) + "), kMaxPosition]");
+    if (s.seen > kMaxPosition) {
+      r.fail(at + "tokens_seen = " + std::to_string(s.seen) + ": " + detail::seen_limit_rule());
+    }
+    if (s.seen < s.held) {
+      r.fail(at + "tokens_seen = " + std::to_string(s.seen) + ": must be at least held (" +
+             std::to_string(s.held) + ")");
     }
     s.used = r.get<std::int64_t>("used");
     // A cache that evicted holds C states in C + 1 slots; before its first eviction its states
@@ -638,6 +652,7 @@ template <class Policy = AnyPolicy>
 MultiStateCache<Policy> load_state(std::string_view bytes, const StateLoadOptions& options = {}) {
   using detail::StateAccess;
   const std::uint64_t size = StateAccess::payload_size(bytes);
+  StateAccess::check_announced(size, options);
   const std::string_view payload = bytes.substr(StateAccess::kHeaderBytes);
   if (payload.size() < size) {
     throw std::invalid_argument(StateAccess::context() + "truncated: the header announces " +
@@ -652,8 +667,9 @@ MultiStateCache<Policy> load_state(std::string_view bytes, const StateLoadOption
 }
 
 /// Reads one state from a stream (up to the end of its payload; what follows is left unread) and
-/// loads it as `load_state(bytes)` does. Reads as the bytes arrive, so a header that announces
-/// more than the stream holds costs no more memory than the stream has.
+/// loads it as `load_state(bytes)` does. Reads the header first and the payload as its bytes
+/// arrive, so a header that announces more than the stream holds costs no more memory than the
+/// stream has, and one that announces more than options.max_bytes is refused unread.
 template <class Policy = AnyPolicy>
 MultiStateCache<Policy> load_state(std::istream& in, const StateLoadOptions& options = {}) {
   using detail::StateAccess;
@@ -661,6 +677,7 @@ MultiStateCache<Policy> load_state(std::istream& in, const StateLoadOptions& opt
   in.read(header.data(), static_cast<std::streamsize>(header.size()));
   header.resize(static_cast<std::size_t>(in.gcount()));
   const std::uint64_t size = StateAccess::payload_size(header);
+  StateAccess::check_announced(size, options);
   std::string payload;
   constexpr std::size_t kPiece = std::size_t{1} << 20;
   while (payload.size() < size && in) {

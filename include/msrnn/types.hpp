@@ -18,9 +18,10 @@ using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 /// Capacity of a cache that never evicts (only `Full` may use it).
 inline constexpr Index kUnbounded = std::numeric_limits<Index>::max();
 
-/// Positions are in [0, kMaxPosition), 2^62: `append` rejects a position at or past it and a
-/// `seen` past it, so that no arithmetic on positions overflows. `step` counts on from
-/// tokens_seen without a check: from kMaxPosition it would take another 2^62 tokens to overflow.
+/// Positions are in [0, kMaxPosition), 2^62, and tokens_seen at most kMaxPosition: `append`
+/// rejects a position at or past it and a `seen` past it, `step` and `step_chunk` a token that
+/// would take tokens_seen past it. So no arithmetic on positions overflows, and whatever a cache
+/// holds, `save_state` writes bytes that `load_state` reads.
 inline constexpr Index kMaxPosition = Index{1} << 62;
 
 /// How the cache encodes positions when it owns a `Rope`.

@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "msrnn/types.hpp"
+
 namespace msrnn::detail {
 
 /// Throws std::invalid_argument("msrnn: <param> = <value>: <rule>").
@@ -19,6 +21,12 @@ template <class T>
 template <class T>
 void require(bool ok, const char* param, const T& value, const std::string& rule) {
   if (!ok) throw_invalid(param, value, rule);
+}
+
+/// The rule a sequence's length obeys, worded once for the cache's step and the state loader.
+inline std::string seen_limit_rule() {
+  return "must be at most kMaxPosition (" + std::to_string(kMaxPosition) +
+         "), the most tokens a sequence may see";
 }
 
 /// "rows x cols" for messages about shapes.
